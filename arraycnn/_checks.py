@@ -1,0 +1,65 @@
+"""Argument checks shared by every op: each failure is a ValueError/TypeError naming the argument."""
+
+from __future__ import annotations
+
+import operator
+from types import ModuleType
+from typing import Any
+
+import array_api_compat
+
+
+def namespace_of(**arrays: Any) -> ModuleType:
+    """The one Array API namespace of the given (named) arrays; ``None`` values are ignored.
+
+    Raises TypeError naming the arguments when they are not arrays or come from two libraries.
+    """
+    present = {name: a for name, a in arrays.items() if a is not None}
+    for name, a in present.items():
+        if not array_api_compat.is_array_api_obj(a):
+            raise TypeError(f"{name} must be an array (NumPy, CuPy or Array API), got {type(a).__name__}")
+    try:
+        return array_api_compat.array_namespace(*present.values())
+    except TypeError:
+        kinds = ", ".join(f"{name}: {type(a).__module__}.{type(a).__name__}" for name, a in present.items())
+        raise TypeError(f"arrays from different backends cannot be mixed ({kinds})") from None
+
+
+def check_float(x: Any, name: str, xp: ModuleType) -> None:
+    """TypeError unless ``x`` has a real floating dtype."""
+    if not xp.isdtype(x.dtype, "real floating"):
+        raise TypeError(f"{name} must have a floating dtype (float32 or float64), got {x.dtype}")
+
+
+def check_ndim(x: Any, name: str, ndim: int, layout: str) -> None:
+    """ValueError unless ``x`` has rank ``ndim``; ``layout`` names the axes, e.g. ``"(N, H, W, C)"``."""
+    if x.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D {layout}, got shape {tuple(x.shape)}")
+
+
+def check_same_dtype(xp: ModuleType, **arrays: Any) -> None:
+    """TypeError unless all given arrays share one dtype."""
+    present = {name: a for name, a in arrays.items() if a is not None}
+    dtypes = {str(a.dtype) for a in present.values()}
+    if len(dtypes) > 1:
+        listing = ", ".join(f"{name}: {a.dtype}" for name, a in present.items())
+        raise TypeError(f"arrays must share one floating dtype ({listing})")
+
+
+def int_pair(value: Any, name: str, minimum: int) -> tuple[int, int]:
+    """An int or an ``(h, w)`` pair of ints, each ``>= minimum`` -> ``(h, w)``."""
+    items = value if isinstance(value, (tuple, list)) else (value, value)
+    if len(items) != 2:
+        raise ValueError(f"{name} must be an int or an (h, w) pair, got {value!r}")
+    out = []
+    for v in items:
+        if isinstance(v, bool):
+            raise TypeError(f"{name} must be an int or an (h, w) pair of ints, got {value!r}")
+        try:
+            v = operator.index(v)
+        except TypeError:
+            raise TypeError(f"{name} must be an int or an (h, w) pair of ints, got {value!r}") from None
+        if v < minimum:
+            raise ValueError(f"{name} must be >= {minimum} (an int or an (h, w) pair), got {value!r}")
+        out.append(v)
+    return out[0], out[1]

@@ -1,0 +1,149 @@
+"""The backend seam: the ONLY module that knows array libraries by name.
+
+Everything else finds its namespace from the arrays it is given
+(``array_api_compat.array_namespace``), so one code path serves NumPy, CuPy,
+array-api-strict and any other Array API library.
+
+Rules kept here:
+
+* parameters are drawn by a seeded NumPy generator on the host and moved to the
+  device once, so every backend starts from identical numbers;
+* host data crosses to the device in :func:`to_device` and comes back in
+  :func:`to_numpy`; nothing else transfers;
+* float32 is the default dtype, float64 is used when asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+KNOWN_BACKENDS = ("numpy", "cupy", "array_api_strict")
+DTYPES = ("float32", "float64")
+DEFAULT_DTYPE = "float32"
+
+Array = Any  # an array of any Array API namespace
+
+
+class BackendUnavailableError(RuntimeError):
+    """A known backend that cannot run on this machine (e.g. CuPy without a CUDA device)."""
+
+
+def _cupy_namespace() -> ModuleType:
+    try:
+        import cupy
+    except ImportError as exc:  # pragma: no cover - depends on the machine
+        raise BackendUnavailableError(
+            "backend 'cupy' needs CuPy: pip install 'arraycnn[cuda12]' (and a CUDA device)"
+        ) from exc
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # CUDARuntimeError, missing driver, ...  # pragma: no cover
+        raise BackendUnavailableError(
+            f"backend 'cupy' needs a CUDA device, but none is usable here ({type(exc).__name__}: {exc})"
+        ) from None
+    if count < 1:  # pragma: no cover
+        raise BackendUnavailableError("backend 'cupy' needs a CUDA device, but this machine has none")
+    return array_api_compat.array_namespace(cupy.zeros(1))
+
+
+def cuda_available() -> bool:
+    """True when CuPy imports and sees at least one CUDA device."""
+    try:
+        _cupy_namespace()
+    except BackendUnavailableError:
+        return False
+    return True
+
+
+def get_namespace(backend: str | ModuleType = "numpy") -> ModuleType:
+    """Resolve a backend name (or module) to an Array API namespace.
+
+    ``"numpy"`` gives ``array_api_compat.numpy``, ``"cupy"`` gives ``array_api_compat.cupy``
+    (after checking for a CUDA device), ``"array_api_strict"`` the strict reference library;
+    any other importable module that implements the standard is accepted too.
+    """
+    if isinstance(backend, ModuleType):
+        return _namespace_of_module(backend, repr(backend.__name__))
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a name such as {KNOWN_BACKENDS} or a module, got {backend!r}")
+    if backend == "numpy":
+        return array_api_compat.array_namespace(np.zeros(1))
+    if backend == "cupy":
+        return _cupy_namespace()
+    try:
+        module = importlib.import_module(backend)
+    except ImportError:
+        raise ValueError(
+            f"unknown backend {backend!r}: expected one of {', '.join(KNOWN_BACKENDS)} "
+            "or the name of an importable Array API library"
+        ) from None
+    return _namespace_of_module(module, repr(backend))
+
+
+def _namespace_of_module(module: ModuleType, label: str) -> ModuleType:
+    if getattr(module, "__name__", "") in ("numpy", "cupy"):
+        return get_namespace(module.__name__)
+    if not hasattr(module, "asarray"):
+        raise ValueError(f"backend {label} is not an Array API library (it has no asarray)")
+    try:
+        return array_api_compat.array_namespace(module.asarray(0.0))
+    except TypeError:
+        raise ValueError(f"backend {label} is not an Array API library") from None
+
+
+def backend_name(xp: ModuleType) -> str:
+    """A short name for a namespace: 'numpy', 'cupy', 'array_api_strict', ..."""
+    name = xp.__name__
+    return name.removeprefix("array_api_compat.")
+
+
+def resolve_dtype(xp: ModuleType, dtype: str | Any = DEFAULT_DTYPE) -> Any:
+    """``"float32"``/``"float64"`` (or a dtype object of ``xp``) -> the dtype object of ``xp``."""
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        return getattr(xp, dtype)
+    if dtype in (xp.float32, xp.float64):
+        return dtype
+    raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+
+
+def to_device(host: np.ndarray, xp: ModuleType, dtype: Any = None) -> Array:
+    """Move a host NumPy array to ``xp``'s default device (one transfer), optionally casting."""
+    out = xp.asarray(np.ascontiguousarray(host))
+    if dtype is not None:
+        out = xp.astype(out, resolve_dtype(xp, dtype))
+    return out
+
+
+def to_numpy(x: Array) -> np.ndarray:
+    """Bring any backend's array to the host as a NumPy array (the one way back)."""
+    if isinstance(x, np.ndarray):
+        return x
+    if array_api_compat.is_cupy_array(x):
+        return x.get()
+    if array_api_compat.is_numpy_array(x) or np.isscalar(x):
+        return np.asarray(x)
+    try:
+        return np.from_dlpack(x)
+    except (TypeError, RuntimeError, BufferError, AttributeError):
+        return np.asarray(x)
+
+
+def host_rng(seed: int | np.random.Generator) -> np.random.Generator:
+    """The seeded host generator that every parameter is drawn from."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    return np.random.default_rng(seed)
+
+
+def random_normal(
+    rng: np.random.Generator, shape: tuple[int, ...], std: float, xp: ModuleType, dtype: Any = DEFAULT_DTYPE
+) -> Array:
+    """``std * N(0, 1)`` drawn on the host in float64 and moved once to ``xp``: identical on every backend."""
+    return to_device(rng.standard_normal(shape) * std, xp, dtype)

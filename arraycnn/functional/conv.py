@@ -1,0 +1,145 @@
+"""2-D convolution (cross-correlation, as TensorFlow), forward and hand-derived backward, two ways.
+
+Layout as the tutorial: ``x (N, H, W, C)``, ``w (K, KH, KW, C)``, ``b (K,)``, ``y (N, OH, OW, K)``::
+
+    y[n, oh, ow, k] = b[k] + sum_{i, j, c} xpad[n, oh*sh + i, ow*sw + j, c] * w[k, i, j, c]
+
+* ``method="im2col"`` (fast): ``y = P Wᵀ`` with ``P (N*OH*OW, KH*KW*C)`` the unrolled patches and
+  ``W (K, KH*KW*C)`` the flattened filters; ``dW = dYᵀ P``, ``dP = dY W``, ``dx = col2im(dP)``.
+* ``method="toeplitz"`` (the tutorial's): each filter unrolled into ``T_k (OH*OW, Hp*Wp*C)`` so that
+  ``y_k = T_k vec(xpad)``; then ``d vec(xpad) = Σ_k T_kᵀ dy_k`` and, since every entry of ``T`` is
+  a copy of one weight, ``dw[k, i, j, c]`` is the sum of ``dT`` over the entries holding ``w[k, i, j, c]``
+  (weight sharing made visible).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import array_api_compat
+
+from .._checks import check_float, check_ndim, check_same_dtype, namespace_of
+from .windows import Window, col2im, crop_hw, im2col, make_window, pad_hw
+
+Array = Any
+METHODS = ("im2col", "toeplitz")
+
+
+@dataclass(frozen=True)
+class ConvCache:
+    """What :func:`conv2d_backward` needs: the geometry, the unrolled operands and whether a bias was given."""
+
+    method: str
+    win: Window
+    x_shape: tuple[int, ...]
+    w_shape: tuple[int, ...]
+    has_bias: bool
+    lhs: Array  # im2col: patches P (N*OH*OW, KH*KW*C); toeplitz: vec(xpad) rows (N, Hp*Wp*C)
+    rhs: Array  # im2col: filters W (K, KH*KW*C);       toeplitz: T (K*OH*OW, Hp*Wp*C)
+
+
+def conv2d_forward(
+    x: Array, w: Array, b: Array | None = None, stride: Any = 1, padding: Any = 0, method: str = "im2col"
+) -> tuple[Array, ConvCache]:
+    """Convolve ``x (N, H, W, C)`` with ``w (K, KH, KW, C)`` (+ ``b (K,)``) -> ``y (N, OH, OW, K)``.
+
+    ``stride`` and ``padding`` are ints or ``(h, w)`` pairs; padding is zeros on both sides and
+    ``OH = (H + 2*ph - KH) // sh + 1``. ``method`` is ``"im2col"`` or ``"toeplitz"``.
+    """
+    xp = namespace_of(x=x, w=w, b=b)
+    check_ndim(x, "x", 4, "(N, H, W, C)")
+    check_ndim(w, "w", 4, "(K, KH, KW, C)")
+    check_float(x, "x", xp)
+    check_float(w, "w", xp)
+    if b is not None:
+        check_float(b, "b", xp)
+        if tuple(b.shape) != (w.shape[0],):
+            raise ValueError(f"b must have shape (K,) = ({w.shape[0]},) for w of shape {tuple(w.shape)}, "
+                             f"got {tuple(b.shape)}")
+    check_same_dtype(xp, x=x, w=w, b=b)
+    if w.shape[3] != x.shape[3]:
+        raise ValueError(f"w must have C = {x.shape[3]} channels like x (N, H, W, C) = {tuple(x.shape)}, "
+                         f"got w of shape (K, KH, KW, C) = {tuple(w.shape)}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    win = make_window(tuple(x.shape), tuple(w.shape[1:3]), stride, padding, kernel_name="w")
+    xpad = pad_hw(x, win)
+    if method == "im2col":
+        lhs = im2col(xpad, win)                              # P (N*OH*OW, KH*KW*C)
+        rhs = xp.reshape(w, (w.shape[0], -1))                # W (K, KH*KW*C)
+        y = xp.reshape(lhs @ rhs.T, (x.shape[0], win.oh, win.ow, w.shape[0]))
+    else:
+        lhs = xp.reshape(xpad, (x.shape[0], -1))             # vec(xpad) (N, Hp*Wp*C)
+        rhs = toeplitz_matrix(w, win)                        # T (K*OH*OW, Hp*Wp*C)
+        y = xp.reshape(lhs @ rhs.T, (x.shape[0], w.shape[0], win.oh, win.ow))
+        y = xp.permute_dims(y, (0, 2, 3, 1))
+    if b is not None:
+        y = y + b
+    cache = ConvCache(method, win, tuple(x.shape), tuple(w.shape), b is not None, lhs, rhs)
+    return y, cache
+
+
+def conv2d_backward(dy: Array, cache: ConvCache) -> tuple[Array, Array, Array | None]:
+    """Gradients of a convolution for ``dy (N, OH, OW, K)`` -> ``(dx, dw, db)`` (``db`` None without bias).
+
+    ``dx = col2im(dY W)``, ``dW = dYᵀ P``, ``db = Σ_{n,oh,ow} dy``; the toeplitz path computes the same
+    as ``dx = Tᵀ dy`` and ``dw = Σ dT`` over the entries of ``T`` that share a weight.
+    """
+    xp = array_api_compat.array_namespace(dy)
+    win, (n, _, _, c), k = cache.win, cache.x_shape, cache.w_shape[0]
+    expected = (n, win.oh, win.ow, k)
+    if tuple(dy.shape) != expected:
+        raise ValueError(f"dy must have the output's shape (N, OH, OW, K) = {expected}, got {tuple(dy.shape)}")
+    db = xp.sum(dy, axis=(0, 1, 2)) if cache.has_bias else None
+    if cache.method == "im2col":
+        dy2 = xp.reshape(dy, (n * win.oh * win.ow, k))      # dY (N*OH*OW, K)
+        dw = xp.reshape(dy2.T @ cache.lhs, cache.w_shape)    # dW = dYᵀ P
+        dx = col2im(dy2 @ cache.rhs, win, n, c)              # dP = dY W, scattered back into x
+        return dx, dw, db
+    dy2 = xp.reshape(xp.permute_dims(dy, (0, 3, 1, 2)), (n, k * win.oh * win.ow))
+    dxpad = xp.reshape(dy2 @ cache.rhs, (n, win.hp, win.wp, c))   # d vec(xpad) = Tᵀ dy
+    dT = dy2.T @ cache.lhs                                        # dT = dyᵀ vec(xpad)  (K*OH*OW, Hp*Wp*C)
+    dw = toeplitz_weight_gradient(dT, win, cache.w_shape)
+    return crop_hw(dxpad, win), dw, db
+
+
+def _selector(n_out: int, n_in: int, stride: int, offset: int, like: Array) -> Array:
+    """``S (n_out, n_in)`` with ``S[o, p] = 1`` where ``p == o*stride + offset``: which input row a
+    kernel row ``offset`` reads for output row ``o``."""
+    xp = array_api_compat.array_namespace(like)
+    dev = array_api_compat.device(like)
+    out_pos = xp.reshape(xp.arange(n_out, device=dev) * stride + offset, (n_out, 1))
+    in_pos = xp.reshape(xp.arange(n_in, device=dev), (1, n_in))
+    return xp.astype(out_pos == in_pos, like.dtype)
+
+
+def _offset_mask(win: Window, i: int, j: int, like: Array) -> Array:
+    """``M (1, OH, OW, Hp, Wp, 1)``: 1 where output pixel ``(oh, ow)`` reads input ``(oh*sh+i, ow*sw+j)``."""
+    xp = array_api_compat.array_namespace(like)
+    rows = xp.reshape(_selector(win.oh, win.hp, win.sh, i, like), (1, win.oh, 1, win.hp, 1, 1))
+    cols = xp.reshape(_selector(win.ow, win.wp, win.sw, j, like), (1, 1, win.ow, 1, win.wp, 1))
+    return rows * cols
+
+
+def toeplitz_matrix(w: Array, win: Window) -> Array:
+    """Unroll filters ``w (K, KH, KW, C)`` into ``T (K*OH*OW, Hp*Wp*C)``, ``y_k = T_k vec(xpad)``.
+
+    ``T[k, oh, ow, h, v, c] = w[k, h - oh*sh, v - ow*sw, c]`` where that index is inside the kernel,
+    else 0: built as ``Σ_{i,j} w[:, i, j, :] ⊗ M_ij`` (a loop over kernel offsets only).
+    """
+    xp = array_api_compat.array_namespace(w)
+    k, _, _, c = w.shape
+    t = xp.zeros((k, win.oh, win.ow, win.hp, win.wp, c), dtype=w.dtype, device=array_api_compat.device(w))
+    for i, j in win.offsets():
+        t += xp.reshape(w[:, i, j, :], (k, 1, 1, 1, 1, c)) * _offset_mask(win, i, j, w)
+    return xp.reshape(t, (k * win.oh * win.ow, win.hp * win.wp * c))
+
+
+def toeplitz_weight_gradient(dT: Array, win: Window, w_shape: tuple[int, ...]) -> Array:
+    """``dw[k, i, j, c] = Σ_{oh, ow} dT[k, oh, ow, oh*sh+i, ow*sw+j, c]``: gather ``dT`` over shared weights."""
+    xp = array_api_compat.array_namespace(dT)
+    k, _, _, c = w_shape
+    dT = xp.reshape(dT, (k, win.oh, win.ow, win.hp, win.wp, c))
+    per_offset = [xp.sum(dT * _offset_mask(win, i, j, dT), axis=(1, 2, 3, 4)) for i, j in win.offsets()]
+    return xp.reshape(xp.stack(per_offset, axis=1), w_shape)

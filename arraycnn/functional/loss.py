@@ -1,0 +1,87 @@
+"""Losses: the fused softmax cross-entropy on logits, and the tutorial's cross-entropy on probabilities.
+
+With ``p = softmax(z)`` row-wise and targets ``y`` (one-hot or probability rows), the mean loss over the
+batch is ``L = -(1/N) Σ_n Σ_k y[n,k] log p[n,k]`` and its gradient is ``dL/dz = (p - y) / N``
+(the softmax Jacobian ``diag(p) - p pᵀ`` times ``-y/p`` collapses to ``p - y`` when rows of ``y`` sum to 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import array_api_compat
+
+from .._checks import check_float, check_ndim, namespace_of
+from .activation import log_softmax
+
+Array = Any
+
+
+@dataclass(frozen=True)
+class SoftmaxCECache:
+    """Softmax probabilities and the target rows, both ``(N, K)``."""
+
+    p: Array
+    y: Array
+
+
+def target_rows(targets: Array, n: int, k: int, like: Array, check: bool = True) -> Array:
+    """Class ids ``(N,)`` or probability rows ``(N, K)`` -> float rows ``(N, K)`` in ``like``'s dtype.
+
+    With ``check``, class ids outside ``[0, K)`` are a ValueError (this reads one boolean back from
+    the device; a training loop that validated its labels on the host passes ``check=False``).
+    """
+    xp = namespace_of(logits=like, targets=targets)
+    if targets.ndim == 1:
+        if not xp.isdtype(targets.dtype, "integral"):
+            raise TypeError(f"targets of shape (N,) must be integer class ids, got dtype {targets.dtype}")
+        if targets.shape[0] != n:
+            raise ValueError(f"targets must have shape (N,) = ({n},) like the logits, got {tuple(targets.shape)}")
+        if check and n and bool(xp.any((targets < 0) | (targets >= k))):
+            raise ValueError(f"targets must be class ids in [0, {k}) for logits with K = {k} classes")
+        classes = xp.reshape(xp.arange(k, dtype=targets.dtype, device=array_api_compat.device(targets)), (1, k))
+        return xp.astype(xp.reshape(targets, (n, 1)) == classes, like.dtype)
+    if tuple(targets.shape) != (n, k):
+        raise ValueError(f"targets must be class ids (N,) = ({n},) or rows (N, K) = ({n}, {k}) "
+                         f"like the logits, got shape {tuple(targets.shape)}")
+    check_float(targets, "targets", xp)
+    return xp.astype(targets, like.dtype)
+
+
+def softmax_cross_entropy_forward(
+    logits: Array, targets: Array, check_targets: bool = True
+) -> tuple[Array, SoftmaxCECache]:
+    """Mean cross-entropy of ``softmax(logits (N, K))`` against ``targets`` (ids ``(N,)`` or rows ``(N, K)``).
+
+    Stable for any finite logits (``log_softmax`` subtracts the row max); returns a 0-d array.
+    """
+    xp = namespace_of(logits=logits, targets=targets)
+    check_ndim(logits, "logits", 2, "(N, K)")
+    check_float(logits, "logits", xp)
+    n, k = logits.shape
+    if n == 0:
+        raise ValueError("logits must hold at least one row (N >= 1)")
+    y = target_rows(targets, n, k, logits, check=check_targets)
+    logp = log_softmax(logits, axis=1)
+    loss = -xp.sum(y * logp) / n
+    return loss, SoftmaxCECache(xp.exp(logp), y)
+
+
+def softmax_cross_entropy_backward(cache: SoftmaxCECache, dloss: Any = 1.0) -> Array:
+    """``dlogits = dloss · (p - y) / N`` ``(N, K)``."""
+    return (cache.p - cache.y) * (dloss / cache.p.shape[0])
+
+
+def cross_entropy(probs: Array, targets: Array, eps: float = 1e-7) -> Array:
+    """The tutorial's loss on probabilities ``probs (N, K)``: ``-(1/N) Σ y log clip(p, eps, 1 - eps)``.
+
+    The clip is Keras's ``categorical_crossentropy`` (which the tutorial called), so ``p = 0`` gives a
+    large finite loss, not ``inf``. Prefer :func:`softmax_cross_entropy_forward` on logits for training.
+    """
+    xp = namespace_of(probs=probs, targets=targets)
+    check_ndim(probs, "probs", 2, "(N, K)")
+    check_float(probs, "probs", xp)
+    n, k = probs.shape
+    y = target_rows(targets, n, k, probs)
+    return -xp.sum(y * xp.log(xp.clip(probs, eps, 1.0 - eps))) / n
