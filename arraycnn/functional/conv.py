@@ -64,18 +64,24 @@ def conv2d_forward(
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     win = make_window(tuple(x.shape), tuple(w.shape[1:3]), stride, padding, kernel_name="w")
+    # --8<-- [start:forward]
     xpad = pad_hw(x, win)
     if method == "im2col":
+        # --8<-- [start:im2col_forward]
         lhs = im2col(xpad, win)                              # P (N*OH*OW, KH*KW*C)
         rhs = xp.reshape(w, (w.shape[0], -1))                # W (K, KH*KW*C)
         y = xp.reshape(lhs @ rhs.T, (x.shape[0], win.oh, win.ow, w.shape[0]))
+        # --8<-- [end:im2col_forward]
     else:
+        # --8<-- [start:toeplitz_forward]
         lhs = xp.reshape(xpad, (x.shape[0], -1))             # vec(xpad) (N, Hp*Wp*C)
         rhs = toeplitz_matrix(w, win)                        # T (K*OH*OW, Hp*Wp*C)
         y = xp.reshape(lhs @ rhs.T, (x.shape[0], w.shape[0], win.oh, win.ow))
         y = xp.permute_dims(y, (0, 2, 3, 1))
+        # --8<-- [end:toeplitz_forward]
     if b is not None:
         y = y + b
+    # --8<-- [end:forward]
     cache = ConvCache(method, win, tuple(x.shape), tuple(w.shape), b is not None, lhs, rhs)
     return y, cache
 
@@ -91,55 +97,65 @@ def conv2d_backward(dy: Array, cache: ConvCache) -> tuple[Array, Array, Array | 
     expected = (n, win.oh, win.ow, k)
     if tuple(dy.shape) != expected:
         raise ValueError(f"dy must have the output's shape (N, OH, OW, K) = {expected}, got {tuple(dy.shape)}")
+    # --8<-- [start:bias_backward]
+    # --8<-- [start:backward]
     db = xp.sum(dy, axis=(0, 1, 2)) if cache.has_bias else None
+    # --8<-- [end:bias_backward]
     if cache.method == "im2col":
+        # --8<-- [start:im2col_backward]
         dy2 = xp.reshape(dy, (n * win.oh * win.ow, k))      # dY (N*OH*OW, K)
         dw = xp.reshape(dy2.T @ cache.lhs, cache.w_shape)    # dW = dYᵀ P
         dx = col2im(dy2 @ cache.rhs, win, n, c)              # dP = dY W, scattered back into x
         return dx, dw, db
+        # --8<-- [end:im2col_backward]
+    # --8<-- [start:toeplitz_backward]
     dy2 = xp.reshape(xp.permute_dims(dy, (0, 3, 1, 2)), (n, k * win.oh * win.ow))
     dxpad = xp.reshape(dy2 @ cache.rhs, (n, win.hp, win.wp, c))   # d vec(xpad) = Tᵀ dy
     dT = dy2.T @ cache.lhs                                        # dT = dyᵀ vec(xpad)  (K*OH*OW, Hp*Wp*C)
     dw = toeplitz_weight_gradient(dT, win, cache.w_shape)
     return crop_hw(dxpad, win), dw, db
+    # --8<-- [end:toeplitz_backward]
+    # --8<-- [end:backward]
 
 
-def _selector(n_out: int, n_in: int, stride: int, offset: int, like: Array) -> Array:
-    """``S (n_out, n_in)`` with ``S[o, p] = 1`` where ``p == o*stride + offset``: which input row a
-    kernel row ``offset`` reads for output row ``o``."""
+def shift_selectors(n_out: int, n_in: int, n_kernel: int, stride: int, like: Array) -> Array:
+    """``S (n_kernel, n_out, n_in)`` with ``S[i, o, p] = 1`` where ``p == o*stride + i``: the input row that
+    kernel row ``i`` reads for output row ``o`` (one axis of the kernel's sliding pattern)."""
     xp = array_api_compat.array_namespace(like)
     dev = array_api_compat.device(like)
-    out_pos = xp.reshape(xp.arange(n_out, device=dev) * stride + offset, (n_out, 1))
-    in_pos = xp.reshape(xp.arange(n_in, device=dev), (1, n_in))
-    return xp.astype(out_pos == in_pos, like.dtype)
+    kernel = xp.reshape(xp.arange(n_kernel, device=dev), (n_kernel, 1, 1))
+    out_pos = xp.reshape(xp.arange(n_out, device=dev) * stride, (1, n_out, 1))
+    in_pos = xp.reshape(xp.arange(n_in, device=dev), (1, 1, n_in))
+    return xp.astype(out_pos + kernel == in_pos, like.dtype)
 
 
-def _offset_mask(win: Window, i: int, j: int, like: Array) -> Array:
-    """``M (1, OH, OW, Hp, Wp, 1)``: 1 where output pixel ``(oh, ow)`` reads input ``(oh*sh+i, ow*sw+j)``."""
-    xp = array_api_compat.array_namespace(like)
-    rows = xp.reshape(_selector(win.oh, win.hp, win.sh, i, like), (1, win.oh, 1, win.hp, 1, 1))
-    cols = xp.reshape(_selector(win.ow, win.wp, win.sw, j, like), (1, 1, win.ow, 1, win.wp, 1))
-    return rows * cols
+def _selectors(win: Window, like: Array) -> tuple[Array, Array]:
+    return (shift_selectors(win.oh, win.hp, win.kh, win.sh, like),
+            shift_selectors(win.ow, win.wp, win.kw, win.sw, like))
 
 
 def toeplitz_matrix(w: Array, win: Window) -> Array:
-    """Unroll filters ``w (K, KH, KW, C)`` into ``T (K*OH*OW, Hp*Wp*C)``, ``y_k = T_k vec(xpad)``.
+    """Unroll filters ``w (K, KH, KW, C)`` into ``T (K*OH*OW, Hp*Wp*C)`` so that ``y_k = T_k vec(xpad)``.
 
-    ``T[k, oh, ow, h, v, c] = w[k, h - oh*sh, v - ow*sw, c]`` where that index is inside the kernel,
-    else 0: built as ``Σ_{i,j} w[:, i, j, :] ⊗ M_ij`` (a loop over kernel offsets only).
+    ``T[k, oh, ow, h, v, c] = Σ_{i,j} w[k, i, j, c] Sh[i, oh, h] Sw[j, ow, v]``: each weight is copied to
+    every (output pixel, input cell) pair it links — the weight sharing the matrix makes visible.
     """
     xp = array_api_compat.array_namespace(w)
     k, _, _, c = w.shape
-    t = xp.zeros((k, win.oh, win.ow, win.hp, win.wp, c), dtype=w.dtype, device=array_api_compat.device(w))
-    for i, j in win.offsets():
-        t += xp.reshape(w[:, i, j, :], (k, 1, 1, 1, 1, c)) * _offset_mask(win, i, j, w)
+    sel_h, sel_w = _selectors(win, w)
+    t = xp.tensordot(w, sel_w, axes=([2], [0]))              # (K, KH, C, OW, Wp)
+    t = xp.tensordot(t, sel_h, axes=([1], [0]))              # (K, C, OW, Wp, OH, Hp)
+    t = xp.permute_dims(t, (0, 4, 2, 5, 3, 1))               # (K, OH, OW, Hp, Wp, C)
     return xp.reshape(t, (k * win.oh * win.ow, win.hp * win.wp * c))
 
 
 def toeplitz_weight_gradient(dT: Array, win: Window, w_shape: tuple[int, ...]) -> Array:
-    """``dw[k, i, j, c] = Σ_{oh, ow} dT[k, oh, ow, oh*sh+i, ow*sw+j, c]``: gather ``dT`` over shared weights."""
+    """``dw[k, i, j, c] = Σ_{oh, ow} dT[k, oh, ow, oh*sh+i, ow*sw+j, c]``: sum ``dT`` over the entries
+    that hold a copy of ``w[k, i, j, c]`` (the adjoint of :func:`toeplitz_matrix`)."""
     xp = array_api_compat.array_namespace(dT)
     k, _, _, c = w_shape
+    sel_h, sel_w = _selectors(win, dT)
     dT = xp.reshape(dT, (k, win.oh, win.ow, win.hp, win.wp, c))
-    per_offset = [xp.sum(dT * _offset_mask(win, i, j, dT), axis=(1, 2, 3, 4)) for i, j in win.offsets()]
-    return xp.reshape(xp.stack(per_offset, axis=1), w_shape)
+    g = xp.tensordot(dT, sel_h, axes=([1, 3], [1, 2]))       # (K, OW, Wp, C, KH)
+    g = xp.tensordot(g, sel_w, axes=([1, 2], [1, 2]))        # (K, C, KH, KW)
+    return xp.permute_dims(g, (0, 2, 3, 1))
