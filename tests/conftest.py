@@ -1,0 +1,78 @@
+"""Shared fixtures: the array namespaces, dtypes with their tolerances, hypothesis profiles.
+
+Hypothesis profiles (``HYPOTHESIS_PROFILE``): ``ci`` (>= 200 examples per property, used by ``.ci/run``),
+``dev`` (the default: fast), ``deep`` (thousands). Oracle tests have no deadline: TensorFlow's first
+calls are slow.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+from arraycnn import backend
+
+_common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("ci", max_examples=200, **_common)
+settings.register_profile("dev", max_examples=30, **_common)
+settings.register_profile("deep", max_examples=3000, **_common)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+NAMESPACES = ("numpy", "array_api_strict", "cupy")
+
+
+@pytest.fixture(params=NAMESPACES, scope="session")
+def xp(request):
+    """Each Array API namespace the engine must run on; cupy only where a CUDA device is usable."""
+    if request.param == "cupy" and not backend.cuda_available():
+        pytest.skip("cupy: CuPy is not installed or no CUDA device is usable on this machine")
+    return backend.get_namespace(request.param)
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Agreement expected of a result computed in ``dtype`` against a float64 reference.
+
+    float64: unit roundoff 1.1e-16; our sums have at most ~1e3 terms, so 1e-9 relative (of the
+    largest reference magnitude) leaves a wide margin and still catches any real bug.
+    float32: unit roundoff 6e-8 for the inputs' rounding and each of up to ~1e3 accumulated terms
+    gives a worst-case 6e-5 relative error; 2e-4 of the reference's scale covers that.
+    """
+
+    name: str
+    rtol: float
+
+    def assert_close(self, actual, expected, what: str = "") -> None:
+        actual = backend.to_numpy(actual).astype(np.float64)
+        expected = np.asarray(expected, dtype=np.float64)
+        assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+        scale = max(1.0, float(np.max(np.abs(expected), initial=0.0)))
+        err = float(np.max(np.abs(actual - expected), initial=0.0))
+        assert err <= self.rtol * scale, f"{what}: max abs error {err:.3e} > {self.rtol:g} * scale {scale:.3e}"
+
+
+TOLERANCES = {"float64": Tolerance("float64", 1e-9), "float32": Tolerance("float32", 2e-4)}
+
+
+@pytest.fixture(params=["float64", "float32"], scope="session")
+def dtype(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def tol(dtype) -> Tolerance:
+    return TOLERANCES[dtype]
+
+
+def to_xp(xp, host: np.ndarray, dtype: str):
+    """A host array on ``xp``'s device in ``dtype`` (the test-side equivalent of backend.to_device)."""
+    return backend.to_device(host, xp, dtype)
+
+
+def rounded(host: np.ndarray, dtype: str) -> np.ndarray:
+    """``host`` rounded to ``dtype`` and back to float64: what the engine actually received."""
+    return host.astype(dtype).astype(np.float64)
