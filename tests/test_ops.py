@@ -188,7 +188,7 @@ def test_huge_logits_stay_finite(xp, dtype):
     assert np.all(np.isfinite(backend.to_numpy(log_softmax(z))))
 
 
-@given(shape=logit_shapes, seed=seeds)
+@given(shape=st.tuples(st.integers(1, 8), st.integers(2, 12)), seed=seeds)
 def test_cross_entropy_on_probabilities_matches_keras(xp, shape, seed):
     oracle = pytest.importorskip("oracle_tf")
     n, k = shape
