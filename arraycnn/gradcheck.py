@@ -112,13 +112,17 @@ def gradcheck(
 
     out, cache = forward(*device_args(host), **kwargs)
     rng = np.random.default_rng(seed)
+    # --8<-- [start:probe]
     v_host = rng.standard_normal(np.shape(to_numpy(out)))
     grads = backward(xp.asarray(v_host, device=device), cache)
     grads = grads if isinstance(grads, tuple) else (grads,)
+    # --8<-- [end:probe]
 
+    # --8<-- [start:objective]
     def objective(values: Mapping[str, Any]) -> float:
         y, _ = forward(*device_args(values), **kwargs)
         return float(np.sum(to_numpy(y) * v_host))
+    # --8<-- [end:objective]
 
     reports = []
     for name, grad in zip(names, grads, strict=False):
@@ -132,16 +136,20 @@ def gradcheck(
         if base.size > max_entries:
             flat = np.sort(rng.choice(base.size, size=max_entries, replace=False))
         numeric = np.empty(flat.size)
+        # --8<-- [start:central_difference]
         for t, f in enumerate(flat):
             idx = np.unravel_index(f, base.shape)
             plus, minus = base.copy(), base.copy()
             plus[idx] += eps
             minus[idx] -= eps
             numeric[t] = (objective({**host, name: plus}) - objective({**host, name: minus})) / (2 * eps)
+        # --8<-- [end:central_difference]
         a = analytic.reshape(-1)[flat]
+        # --8<-- [start:tolerance]
         err = np.abs(a - numeric)
         scale = max(1.0, float(np.max(np.abs(numeric), initial=0.0)))
         bad = err > atol * scale + rtol * np.abs(numeric)
+        # --8<-- [end:tolerance]
         order = np.argsort(-err)[:n_worst]
         worst = [(tuple(int(i) for i in np.unravel_index(flat[o], base.shape)), float(a[o]), float(numeric[o]))
                  for o in order]

@@ -244,6 +244,7 @@ class Adam(Optimizer):
         return ("m", "v")
 
     def _update(self, i: int, p: Array, g: Array, xp: Any) -> None:
+        # --8<-- [start:adam_update]
         m, v = self._buffers["m"][i], self._buffers["v"][i]
         alpha = self.lr * math.sqrt(1 - self.beta2**self.t) / (1 - self.beta1**self.t)  # host float
         d = g - m
@@ -258,3 +259,4 @@ class Adam(Optimizer):
         d = m * alpha
         d /= den
         p -= d
+        # --8<-- [end:adam_update]

@@ -46,11 +46,13 @@ def dense_forward(x: Array, w: Array, b: Array | None = None) -> tuple[Array, De
         if tuple(b.shape) != (w.shape[0],):
             raise ValueError(f"b must have shape (K,) = ({w.shape[0]},), got {tuple(b.shape)}")
     check_same_dtype(xp, x=x, w=w, b=b)
+    # --8<-- [start:forward]
     x2 = xp.reshape(x, (x.shape[0], d))
     w2 = xp.reshape(w, (w.shape[0], d))
     y = x2 @ w2.T
     if b is not None:
         y = y + b
+    # --8<-- [end:forward]
     return y, DenseCache(x2, w2, tuple(x.shape), tuple(w.shape), b is not None)
 
 
@@ -60,7 +62,9 @@ def dense_backward(dy: Array, cache: DenseCache) -> tuple[Array, Array, Array | 
     expected = (cache.x_shape[0], cache.w_shape[0])
     if tuple(dy.shape) != expected:
         raise ValueError(f"dy must have the output's shape (N, K) = {expected}, got {tuple(dy.shape)}")
+    # --8<-- [start:backward]
     dx = xp.reshape(dy @ cache.w2, cache.x_shape)
     dw = xp.reshape(dy.T @ cache.x2, cache.w_shape)
     db = xp.sum(dy, axis=0) if cache.has_bias else None
+    # --8<-- [end:backward]
     return dx, dw, db

@@ -40,8 +40,10 @@ def target_rows(targets: Array, n: int, k: int, like: Array, check: bool = True)
             raise ValueError(f"targets must have shape (N,) = ({n},) like the logits, got {tuple(targets.shape)}")
         if check and n and bool(xp.any((targets < 0) | (targets >= k))):
             raise ValueError(f"targets must be class ids in [0, {k}) for logits with K = {k} classes")
+        # --8<-- [start:one_hot]
         classes = xp.reshape(xp.arange(k, dtype=targets.dtype, device=array_api_compat.device(targets)), (1, k))
         return xp.astype(xp.reshape(targets, (n, 1)) == classes, like.dtype)
+        # --8<-- [end:one_hot]
     if tuple(targets.shape) != (n, k):
         raise ValueError(f"targets must be class ids (N,) = ({n},) or rows (N, K) = ({n}, {k}) "
                          f"like the logits, got shape {tuple(targets.shape)}")
@@ -63,14 +65,18 @@ def softmax_cross_entropy_forward(
     if n == 0:
         raise ValueError("logits must hold at least one row (N >= 1)")
     y = target_rows(targets, n, k, logits, check=check_targets)
+    # --8<-- [start:forward]
     logp = log_softmax(logits, axis=1)
     loss = -xp.sum(y * logp) / n
     return loss, SoftmaxCECache(xp.exp(logp), y)
+    # --8<-- [end:forward]
 
 
 def softmax_cross_entropy_backward(cache: SoftmaxCECache, dloss: Any = 1.0) -> Array:
     """``dlogits = dloss · (p - y) / N`` ``(N, K)``."""
+    # --8<-- [start:backward]
     return (cache.p - cache.y) * (dloss / cache.p.shape[0])
+    # --8<-- [end:backward]
 
 
 def cross_entropy(probs: Array, targets: Array, eps: float = 1e-7) -> Array:
@@ -84,4 +90,6 @@ def cross_entropy(probs: Array, targets: Array, eps: float = 1e-7) -> Array:
     check_float(probs, "probs", xp)
     n, k = probs.shape
     y = target_rows(targets, n, k, probs)
+    # --8<-- [start:cross_entropy]
     return -xp.sum(y * xp.log(xp.clip(probs, eps, 1.0 - eps))) / n
+    # --8<-- [end:cross_entropy]

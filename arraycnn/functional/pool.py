@@ -61,11 +61,13 @@ def maxpool2d_forward(x: Array, size: Any, stride: Any = None, padding: Any = 0)
     """Max pooling: ``x (N, H, W, C)`` -> ``y (N, OH, OW, C)``; ``stride`` defaults to ``size``."""
     win = _pool_window(x, size, stride, padding)
     xp = array_api_compat.array_namespace(x)
+    # --8<-- [start:max_forward]
     xpad = pad_hw(x, win, value=-math.inf)
     views = window_views(xpad, win)
     y = next(views)
     for v in views:
         y = xp.maximum(y, v)
+    # --8<-- [end:max_forward]
     return y, MaxPoolCache(win, xpad, y)
 
 
@@ -74,6 +76,7 @@ def maxpool2d_backward(dy: Array, cache: MaxPoolCache) -> Array:
     xp = array_api_compat.array_namespace(dy)
     n, _, _, c = cache.xpad.shape
     _check_dy(dy, cache.win, n, c)
+    # --8<-- [start:max_backward]
     unclaimed = xp.ones(dy.shape, dtype=xp.bool, device=array_api_compat.device(dy))
     grads = []
     for v in window_views(cache.xpad, cache.win):
@@ -81,6 +84,7 @@ def maxpool2d_backward(dy: Array, cache: MaxPoolCache) -> Array:
         unclaimed = unclaimed & ~first
         grads.append(dy * xp.astype(first, dy.dtype))
     return scatter_windows(grads, cache.win)
+    # --8<-- [end:max_backward]
 
 
 def avgpool2d_forward(
@@ -89,6 +93,7 @@ def avgpool2d_forward(
     """Average pooling: ``x (N, H, W, C)`` -> ``y (N, OH, OW, C)``; zero padding, divisor as above."""
     win = _pool_window(x, size, stride, padding)
     xp = array_api_compat.array_namespace(x)
+    # --8<-- [start:avg_forward]
     total = sum(window_views(pad_hw(x, win), win))
     if count_include_pad or (win.ph == 0 and win.pw == 0):
         divisor: Any = float(win.kh * win.kw)
@@ -96,10 +101,13 @@ def avgpool2d_forward(
         ones = xp.ones((1, win.h, win.w, 1), dtype=x.dtype, device=array_api_compat.device(x))
         divisor = sum(window_views(pad_hw(ones, win), win))   # real cells per window (1, OH, OW, 1)
     return total / divisor, AvgPoolCache(win, divisor)
+    # --8<-- [end:avg_forward]
 
 
 def avgpool2d_backward(dy: Array, cache: AvgPoolCache) -> Array:
     """``dx[cell] = Σ_{windows ∋ cell} dy / d``: ``dy (N, OH, OW, C)`` -> ``dx (N, H, W, C)``."""
     _check_dy(dy, cache.win, dy.shape[0], dy.shape[-1])
+    # --8<-- [start:avg_backward]
     g = dy / cache.divisor
     return scatter_windows([g] * (cache.win.kh * cache.win.kw), cache.win)
+    # --8<-- [end:avg_backward]

@@ -69,8 +69,10 @@ class Window:
 
     def slices(self, i: int, j: int) -> tuple[slice, slice, slice, slice]:
         """Index of the strided slice of the padded input that kernel offset ``(i, j)`` sees."""
+        # --8<-- [start:slices]
         rows = slice(i, i + self.sh * (self.oh - 1) + 1, self.sh)
         cols = slice(j, j + self.sw * (self.ow - 1) + 1, self.sw)
+        # --8<-- [end:slices]
         return (slice(None), rows, cols, slice(None))
 
 
@@ -112,8 +114,10 @@ def pad_hw(x: Array, win: Window, value: float = 0.0) -> Array:
         return x
     xp = array_api_compat.array_namespace(x)
     n, h, w, c = x.shape
+    # --8<-- [start:pad]
     out = xp.full((n, win.hp, win.wp, c), value, dtype=x.dtype, device=array_api_compat.device(x))
     out[:, win.ph : win.ph + h, win.pw : win.pw + w, :] = x
+    # --8<-- [end:pad]
     return out
 
 
@@ -126,8 +130,10 @@ def crop_hw(xpad: Array, win: Window) -> Array:
 
 def window_views(xpad: Array, win: Window) -> Iterator[Array]:
     """For each kernel offset in row-major order, the ``(N, OH, OW, C)`` slice of the padded input."""
+    # --8<-- [start:window_views]
     for i, j in win.offsets():
         yield xpad[win.slices(i, j)]
+    # --8<-- [end:window_views]
 
 
 def scatter_windows(grads: Sequence[Array], win: Window) -> Array:
@@ -140,10 +146,12 @@ def scatter_windows(grads: Sequence[Array], win: Window) -> Array:
     first = grads[0]
     xp = array_api_compat.array_namespace(first)
     n, c = first.shape[0], first.shape[-1]
+    # --8<-- [start:scatter]
     dxpad = xp.zeros((n, win.hp, win.wp, c), dtype=first.dtype, device=array_api_compat.device(first))
     for (i, j), g in zip(win.offsets(), grads, strict=True):
         dxpad[win.slices(i, j)] += g
     return crop_hw(dxpad, win)
+    # --8<-- [end:scatter]
 
 
 def im2col(xpad: Array, win: Window) -> Array:
@@ -154,12 +162,16 @@ def im2col(xpad: Array, win: Window) -> Array:
     """
     xp = array_api_compat.array_namespace(xpad)
     n, c = xpad.shape[0], xpad.shape[-1]
+    # --8<-- [start:im2col]
     patches = xp.stack(list(window_views(xpad, win)), axis=3)  # (N, OH, OW, KH*KW, C)
     return xp.reshape(patches, (n * win.oh * win.ow, win.kh * win.kw * c))
+    # --8<-- [end:im2col]
 
 
 def col2im(cols: Array, win: Window, n: int, c: int) -> Array:
     """Adjoint of :func:`im2col` (then crop): ``(N*OH*OW, KH*KW*C)`` -> ``(N, H, W, C)``."""
     xp = array_api_compat.array_namespace(cols)
+    # --8<-- [start:col2im]
     patches = xp.reshape(cols, (n, win.oh, win.ow, win.kh * win.kw, c))
     return scatter_windows([patches[:, :, :, k, :] for k in range(win.kh * win.kw)], win)
+    # --8<-- [end:col2im]
