@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import arraycnn
 from arraycnn import backend
-from arraycnn.functional import conv2d_backward, conv2d_forward, dense_forward
+from arraycnn.functional import col2im, conv2d_backward, conv2d_forward, dense_forward, im2col
 from arraycnn.testing import conv_configs, random_array, seeds
 
 METHODS = ["im2col", "toeplitz"]
@@ -199,3 +199,31 @@ def test_output_size_formula(h, kh, p, s):
     else:
         y, _ = conv2d_forward(x, w, stride=s, padding=p)
         assert y.shape == (1, (h + 2 * p - kh) // s + 1, (h + 2 * p - kh) // s + 1, 1)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_input_grad_false_skips_only_dx(xp, method):
+    rng = np.random.default_rng(5)
+    x, w, b = (to_xp(xp, a, "float64") for a in (rng.standard_normal((2, 6, 6, 2)), rng.standard_normal((3, 3, 3, 2)),
+                                                  rng.standard_normal(3)))
+    y, cache = conv2d_forward(x, w, b, stride=2, padding=1, method=method)
+    dy = to_xp(xp, rng.standard_normal(tuple(y.shape)), "float64")
+    dx, dw, db = conv2d_backward(dy, cache)
+    none, dw2, db2 = conv2d_backward(dy, cache, input_grad=False)
+    assert none is None
+    np.testing.assert_array_equal(backend.to_numpy(dw2), backend.to_numpy(dw))
+    np.testing.assert_array_equal(backend.to_numpy(db2), backend.to_numpy(db))
+
+
+@given(cfg=conv_configs(), seed=seeds)
+def test_col2im_is_the_adjoint_of_im2col(xp, cfg, seed):
+    """<im2col(pad(x)), P> == <x, col2im(P)>: the scatter that a convolution's input-gradient is built on."""
+    from arraycnn.functional.windows import make_window, pad_hw
+
+    x = random_array(seed, cfg.x_shape)
+    win = make_window(cfg.x_shape, cfg.w_shape[1:3], cfg.stride, cfg.padding, kernel_name="w")
+    cols = im2col(pad_hw(to_xp(xp, x, "float64"), win), win)
+    p = random_array(seed + 1, tuple(cols.shape))
+    back = backend.to_numpy(col2im(to_xp(xp, p, "float64"), win, cfg.x_shape[0], cfg.x_shape[3]))
+    lhs, rhs = float(np.sum(backend.to_numpy(cols) * p)), float(np.sum(x * back))
+    assert abs(lhs - rhs) <= 1e-10 * max(1.0, float(np.sum(np.abs(x * back))))

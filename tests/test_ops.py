@@ -225,3 +225,10 @@ def test_softmax_cross_entropy_bad_input(xp, logits, targets, error, match):
     t = xp.asarray(targets) if targets.dtype.kind != "f" else to_xp(xp, targets, "float64")
     with pytest.raises(error, match=match):
         softmax_cross_entropy_forward(z, t)
+
+
+def test_softmax_cross_entropy_gradient_is_exact_for_rows_not_summing_to_one(xp):
+    """Weighted targets (rows summing to 0.3 or 2.5): the gradient is (p Σy - y) / N, checked numerically."""
+    z = to_xp(xp, random_array(4, (2, 3)), "float64")
+    weights = to_xp(xp, np.array([[0.1, 0.2, 0.0], [1.0, 0.5, 1.0]]), "float64")
+    arraycnn.gradcheck(softmax_cross_entropy_forward, ce_backward, {"logits": z, "targets": weights})

@@ -20,7 +20,7 @@ from typing import Any
 import array_api_compat
 
 from .._checks import check_float, check_ndim, check_same_dtype, namespace_of
-from .windows import Window, col2im, crop_hw, im2col, make_window, pad_hw
+from .windows import Window, crop_hw, im2col, make_window, pad_hw, scatter_windows
 
 Array = Any
 METHODS = ("im2col", "toeplitz")
@@ -86,11 +86,14 @@ def conv2d_forward(
     return y, cache
 
 
-def conv2d_backward(dy: Array, cache: ConvCache) -> tuple[Array, Array, Array | None]:
+def conv2d_backward(
+    dy: Array, cache: ConvCache, input_grad: bool = True
+) -> tuple[Array | None, Array, Array | None]:
     """Gradients of a convolution for ``dy (N, OH, OW, K)`` -> ``(dx, dw, db)`` (``db`` None without bias).
 
     ``dx = col2im(dY W)``, ``dW = dYᵀ P``, ``db = Σ_{n,oh,ow} dy``; the toeplitz path computes the same
     as ``dx = Tᵀ dy`` and ``dw = Σ dT`` over the entries of ``T`` that share a weight.
+    ``input_grad=False`` skips ``dx`` (returned as None): a network's first layer never needs it.
     """
     xp = array_api_compat.array_namespace(dy)
     win, (n, _, _, c), k = cache.win, cache.x_shape, cache.w_shape[0]
@@ -105,14 +108,21 @@ def conv2d_backward(dy: Array, cache: ConvCache) -> tuple[Array, Array, Array | 
         # --8<-- [start:im2col_backward]
         dy2 = xp.reshape(dy, (n * win.oh * win.ow, k))      # dY (N*OH*OW, K)
         dw = xp.reshape(dy2.T @ cache.lhs, cache.w_shape)    # dW = dYᵀ P
-        dx = col2im(dy2 @ cache.rhs, win, n, c)              # dP = dY W, scattered back into x
+        if not input_grad:
+            return None, dw, db
+        w = xp.reshape(cache.rhs, cache.w_shape)
+        # col2im(dP) with dP = dY W, one kernel offset's columns at a time, added straight into its windows
+        dx = scatter_windows((xp.reshape(dy2 @ w[:, i, j, :], (n, win.oh, win.ow, c)) for i, j in win.offsets()),
+                             win)
         return dx, dw, db
         # --8<-- [end:im2col_backward]
     # --8<-- [start:toeplitz_backward]
     dy2 = xp.reshape(xp.permute_dims(dy, (0, 3, 1, 2)), (n, k * win.oh * win.ow))
-    dxpad = xp.reshape(dy2 @ cache.rhs, (n, win.hp, win.wp, c))   # d vec(xpad) = Tᵀ dy
     dT = dy2.T @ cache.lhs                                        # dT = dyᵀ vec(xpad)  (K*OH*OW, Hp*Wp*C)
     dw = toeplitz_weight_gradient(dT, win, cache.w_shape)
+    if not input_grad:
+        return None, dw, db
+    dxpad = xp.reshape(dy2 @ cache.rhs, (n, win.hp, win.wp, c))   # d vec(xpad) = Tᵀ dy
     return crop_hw(dxpad, win), dw, db
     # --8<-- [end:toeplitz_backward]
     # --8<-- [end:backward]

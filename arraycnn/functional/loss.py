@@ -1,8 +1,9 @@
 """Losses: the fused softmax cross-entropy on logits, and the tutorial's cross-entropy on probabilities.
 
 With ``p = softmax(z)`` row-wise and targets ``y`` (one-hot or probability rows), the mean loss over the
-batch is ``L = -(1/N) Σ_n Σ_k y[n,k] log p[n,k]`` and its gradient is ``dL/dz = (p - y) / N``
-(the softmax Jacobian ``diag(p) - p pᵀ`` times ``-y/p`` collapses to ``p - y`` when rows of ``y`` sum to 1).
+batch is ``L = -(1/N) Σ_n Σ_k y[n,k] log p[n,k]`` and its gradient is ``dL/dz = (p Σ_k y - y) / N``
+(the softmax Jacobian ``diag(p) - p pᵀ`` times ``-y/p``), i.e. ``(p - y) / N`` for one-hot or probability
+rows, which sum to 1.
 """
 
 from __future__ import annotations
@@ -73,9 +74,11 @@ def softmax_cross_entropy_forward(
 
 
 def softmax_cross_entropy_backward(cache: SoftmaxCECache, dloss: Any = 1.0) -> Array:
-    """``dlogits = dloss · (p - y) / N`` ``(N, K)``."""
+    """``dlogits (N, K) = dloss · (p · Σ_k y - y) / N``, which is ``dloss · (p - y) / N`` for rows summing to 1."""
+    xp = array_api_compat.array_namespace(cache.p)
     # --8<-- [start:backward]
-    return (cache.p - cache.y) * (dloss / cache.p.shape[0])
+    row_mass = xp.sum(cache.y, axis=1, keepdims=True)   # 1 for class ids and probability rows
+    return (cache.p * row_mass - cache.y) * (dloss / cache.p.shape[0])
     # --8<-- [end:backward]
 
 

@@ -2,9 +2,10 @@
 
 Both walk the windows of :mod:`arraycnn.functional.windows`: one strided slice per kernel offset.
 
-* max: ``y = max_{i,j} xpad[.., oh*sh+i, ow*sw+j, ..]`` with ``-inf`` padding (padding never wins);
-  ``dx`` routes each window's ``dy`` to the window's FIRST maximal cell in row-major window order
-  (PyTorch's CPU rule), so ties are deterministic; overlapping windows accumulate.
+* max: ``y = max_{i,j} xpad[.., oh*sh+i, ow*sw+j, ..]`` with ``-inf`` padding (padding never wins),
+  computed separably (1 x KW along rows, then KH x 1 down the row maxima); ``dx`` routes each window's
+  ``dy`` to the window's FIRST maximal cell in row-major window order (PyTorch's CPU rule), so ties are
+  deterministic; overlapping windows accumulate.
 * avg: ``y = Σ_{i,j} xpad[...] / d`` with zero padding; ``d = KH*KW`` (``count_include_pad=True``, the
   tutorial) or the number of real cells in the window (``False``, TensorFlow's 'SAME');
   ``dx = scatter(dy / d)`` to every cell of the window.
@@ -13,24 +14,29 @@ Both walk the windows of :mod:`arraycnn.functional.windows`: one strided slice p
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import array_api_compat
 
 from .._checks import check_float, check_ndim, namespace_of
-from .windows import Window, make_window, pad_hw, scatter_windows, window_views
+from .windows import Window, crop_hw, make_window, pad_hw, scatter_windows, window_views
 
 Array = Any
 
 
 @dataclass(frozen=True)
 class MaxPoolCache:
-    """The padded input and the pooled maxima: enough to find each window's first maximum again."""
+    """Where each window's first maximum sits, found in two 1-D passes (rows, then columns of rows).
+
+    ``arg_w (N, Hp, OW, C)``: offset ``j`` of the first maximum of every 1 x KW row window;
+    ``arg_h (N, OH, OW, C)``: offset ``i`` of the first maximal row among the KH row maxima.
+    """
 
     win: Window
-    xpad: Array
-    y: Array
+    arg_w: Array
+    arg_h: Array
 
 
 @dataclass(frozen=True)
@@ -57,33 +63,51 @@ def _check_dy(dy: Array, win: Window, n: int, c: int) -> None:
         raise ValueError(f"dy must have the output's shape (N, OH, OW, C) = {expected}, got {tuple(dy.shape)}")
 
 
+def _max_and_first_offset(views: Iterator[Array], n_offsets: int) -> tuple[Array, Array]:
+    """Running maximum over the window views and the offset of the FIRST view that reaches it
+    (``>`` never lets a later equal value take over)."""
+    best = next(views)
+    xp = array_api_compat.array_namespace(best)
+    dev = array_api_compat.device(best)
+    index_dtype = xp.uint8 if n_offsets <= 256 else xp.int32
+    arg = xp.zeros(best.shape, dtype=index_dtype, device=dev)
+    for k, v in enumerate(views, start=1):
+        arg = xp.where(v > best, xp.full((), k, dtype=index_dtype, device=dev), arg)
+        best = xp.maximum(best, v)
+    return best, arg
+
+
+def _route(dy: Array, arg: Array, win_1d: Window, n_offsets: int) -> Array:
+    """Send ``dy`` back through a 1-D max: offset ``k`` of each window gets ``dy`` where it won."""
+    xp = array_api_compat.array_namespace(dy)
+    return scatter_windows((dy * xp.astype(arg == k, dy.dtype) for k in range(n_offsets)), win_1d)
+
+
 def maxpool2d_forward(x: Array, size: Any, stride: Any = None, padding: Any = 0) -> tuple[Array, MaxPoolCache]:
-    """Max pooling: ``x (N, H, W, C)`` -> ``y (N, OH, OW, C)``; ``stride`` defaults to ``size``."""
+    """Max pooling: ``x (N, H, W, C)`` -> ``y (N, OH, OW, C)``; ``stride`` defaults to ``size``.
+
+    Separable: the max over a KH x KW window is the max over KH row maxima, each over 1 x KW;
+    taking the first maximal row and, in it, the first maximal cell gives the row-major first maximum.
+    """
     win = _pool_window(x, size, stride, padding)
-    xp = array_api_compat.array_namespace(x)
+    along_w, along_h = win.separable()
     # --8<-- [start:max_forward]
     xpad = pad_hw(x, win, value=-math.inf)
-    views = window_views(xpad, win)
-    y = next(views)
-    for v in views:
-        y = xp.maximum(y, v)
+    rows, arg_w = _max_and_first_offset(window_views(xpad, along_w), win.kw)   # (N, Hp, OW, C)
+    y, arg_h = _max_and_first_offset(window_views(rows, along_h), win.kh)      # (N, OH, OW, C)
     # --8<-- [end:max_forward]
-    return y, MaxPoolCache(win, xpad, y)
+    return y, MaxPoolCache(win, arg_w, arg_h)
 
 
 def maxpool2d_backward(dy: Array, cache: MaxPoolCache) -> Array:
     """``dx[first argmax of window (oh, ow)] += dy[oh, ow]``: ``dy (N, OH, OW, C)`` -> ``dx (N, H, W, C)``."""
-    xp = array_api_compat.array_namespace(dy)
-    n, _, _, c = cache.xpad.shape
-    _check_dy(dy, cache.win, n, c)
+    win = cache.win
+    _check_dy(dy, win, cache.arg_h.shape[0], cache.arg_h.shape[-1])
+    along_w, along_h = win.separable()
     # --8<-- [start:max_backward]
-    unclaimed = xp.ones(dy.shape, dtype=xp.bool, device=array_api_compat.device(dy))
-    grads = []
-    for v in window_views(cache.xpad, cache.win):
-        first = (v == cache.y) & unclaimed       # this offset holds the window's max, and none before it did
-        unclaimed = unclaimed & ~first
-        grads.append(dy * xp.astype(first, dy.dtype))
-    return scatter_windows(grads, cache.win)
+    d_rows = _route(dy, cache.arg_h, along_h, win.kh)        # to the winning row: (N, Hp, OW, C)
+    dxpad = _route(d_rows, cache.arg_w, along_w, win.kw)     # to the winning cell of that row: (N, Hp, Wp, C)
+    return crop_hw(dxpad, win)
     # --8<-- [end:max_backward]
 
 

@@ -17,7 +17,8 @@ so every op here loops over the ``KH*KW`` offsets only, never over batch, pixels
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import itertools
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,13 @@ class Window:
     def ow(self) -> int:
         """Output width ``(W + 2*pw - KW) // sw + 1``."""
         return (self.wp - self.kw) // self.sw + 1
+
+    def separable(self) -> tuple[Window, Window]:
+        """The two 1-D windows whose composition is this one, both over the already padded input:
+        ``(1, KW)`` along W on ``(Hp, Wp)`` -> ``(Hp, OW)``, then ``(KH, 1)`` along H -> ``(OH, OW)``."""
+        along_w = Window(h=self.hp, w=self.wp, kh=1, kw=self.kw, sh=1, sw=self.sw)
+        along_h = Window(h=self.hp, w=self.ow, kh=self.kh, kw=1, sh=self.sh, sw=1)
+        return along_w, along_h
 
     def offsets(self) -> Iterator[tuple[int, int]]:
         """Kernel offsets ``(i, j)`` in row-major window order."""
@@ -136,19 +144,20 @@ def window_views(xpad: Array, win: Window) -> Iterator[Array]:
     # --8<-- [end:window_views]
 
 
-def scatter_windows(grads: Sequence[Array], win: Window) -> Array:
+def scatter_windows(grads: Iterable[Array], win: Window) -> Array:
     """Adjoint of :func:`window_views` followed by :func:`crop_hw`.
 
-    ``grads`` holds one ``(N, OH, OW, C)`` gradient per kernel offset (row-major); each is added into
+    ``grads`` gives one ``(N, OH, OW, C)`` gradient per kernel offset (row-major); each is added into
     its strided slice of a zero ``(N, Hp, Wp, C)`` image, overlapping windows accumulating.
     Returns the cropped ``(N, H, W, C)`` gradient.
     """
-    first = grads[0]
+    grads = iter(grads)
+    first = next(grads)
     xp = array_api_compat.array_namespace(first)
     n, c = first.shape[0], first.shape[-1]
     # --8<-- [start:scatter]
     dxpad = xp.zeros((n, win.hp, win.wp, c), dtype=first.dtype, device=array_api_compat.device(first))
-    for (i, j), g in zip(win.offsets(), grads, strict=True):
+    for (i, j), g in zip(win.offsets(), itertools.chain([first], grads), strict=True):
         dxpad[win.slices(i, j)] += g
     return crop_hw(dxpad, win)
     # --8<-- [end:scatter]
