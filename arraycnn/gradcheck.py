@@ -50,6 +50,7 @@ class GradcheckResult:
 
     @property
     def ok(self) -> bool:
+        """True when every checked input's gradient matched within tolerance."""
         return all(r.ok for r in self.inputs)
 
     def __str__(self) -> str:

@@ -21,7 +21,7 @@ def relu_forward(x: Array) -> tuple[Array, Array]:
 
 
 def relu_backward(dy: Array, cache: Array) -> Array:
-    """``dx = dy · [x > 0]`` (the gradient at 0 is 0)."""
+    """``dx = dy · [x > 0]`` (the gradient at 0 is 0); ``dy``, the mask and ``dx`` have ``x``'s shape."""
     xp = array_api_compat.array_namespace(dy)
     if tuple(dy.shape) != tuple(cache.shape):
         raise ValueError(f"dy must have the input's shape {tuple(cache.shape)}, got {tuple(dy.shape)}")
@@ -31,7 +31,7 @@ def relu_backward(dy: Array, cache: Array) -> Array:
 
 
 def log_softmax(z: Array, axis: int = -1) -> Array:
-    """``log p = (z - max z) - log Σ exp(z - max z)`` along ``axis``: finite for any finite ``z``."""
+    """``log p = (z - max z) - log Σ exp(z - max z)`` along ``axis`` of ``z (N, K)`` (or any shape); finite."""
     xp = namespace_of(z=z)
     check_float(z, "z", xp)
     # --8<-- [start:log_softmax]
@@ -41,7 +41,7 @@ def log_softmax(z: Array, axis: int = -1) -> Array:
 
 
 def softmax(z: Array, axis: int = -1) -> Array:
-    """``p = exp(z - max z) / Σ exp(z - max z)`` along ``axis`` (rows sum to 1)."""
+    """``p = exp(z - max z) / Σ exp(z - max z)`` along ``axis`` of ``z (N, K)`` (any shape; rows sum to 1)."""
     xp = namespace_of(z=z)
     check_float(z, "z", xp)
     # --8<-- [start:softmax]

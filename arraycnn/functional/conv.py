@@ -89,9 +89,9 @@ def conv2d_forward(
 def conv2d_backward(
     dy: Array, cache: ConvCache, input_grad: bool = True
 ) -> tuple[Array | None, Array, Array | None]:
-    """Gradients of a convolution for ``dy (N, OH, OW, K)`` -> ``(dx, dw, db)`` (``db`` None without bias).
+    """``dx = col2im(dY W)``, ``dW = dYᵀ P``, ``db = Σ_{n,oh,ow} dy`` for ``dy (N, OH, OW, K)`` -> ``(dx, dw, db)``.
 
-    ``dx = col2im(dY W)``, ``dW = dYᵀ P``, ``db = Σ_{n,oh,ow} dy``; the toeplitz path computes the same
+    ``db`` is None without a bias. The toeplitz path computes the same
     as ``dx = Tᵀ dy`` and ``dw = Σ dT`` over the entries of ``T`` that share a weight.
     ``input_grad=False`` skips ``dx`` (returned as None): a network's first layer never needs it.
     """
