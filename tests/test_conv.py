@@ -153,7 +153,8 @@ def _ok_args(xp, dtype="float64"):
         (lambda x, w, xp: (x[0, ...], w, {}), ValueError, r"x must be 4-D \(N, H, W, C\)"),
         (lambda x, w, xp: (x, w[0, ...], {}), ValueError, r"w must be 4-D \(K, KH, KW, C\)"),
         (lambda x, w, xp: (x, w[..., :2], {}), ValueError, r"w must have C = 3 channels"),
-        (lambda x, w, xp: (x, w, {"b": xp.zeros(3, dtype=xp.float64)}), ValueError, r"b must have shape \(K,\) = \(4,\)"),
+        (lambda x, w, xp: (x, w, {"b": xp.zeros(3, dtype=xp.float64)}), ValueError,
+         r"b must have shape \(K,\) = \(4,\)"),
         (lambda x, w, xp: (x[:, :2, :2, :], w, {}), ValueError, r"window w=\(3, 3\) is larger than the padded input"),
         (lambda x, w, xp: (x, w, {"stride": 0}), ValueError, r"stride must be >= 1"),
         (lambda x, w, xp: (x, w, {"stride": (1, 0)}), ValueError, r"stride must be >= 1"),
@@ -208,7 +209,7 @@ def test_input_grad_false_skips_only_dx(xp, method):
                                                   rng.standard_normal(3)))
     y, cache = conv2d_forward(x, w, b, stride=2, padding=1, method=method)
     dy = to_xp(xp, rng.standard_normal(tuple(y.shape)), "float64")
-    dx, dw, db = conv2d_backward(dy, cache)
+    _, dw, db = conv2d_backward(dy, cache)
     none, dw2, db2 = conv2d_backward(dy, cache, input_grad=False)
     assert none is None
     np.testing.assert_array_equal(backend.to_numpy(dw2), backend.to_numpy(dw))

@@ -70,7 +70,7 @@ def test_maxpool_ties_go_to_the_first_maximum(xp, cfg, seed, levels):
 
 def test_maxpool_all_zero_window_routes_to_its_top_left(xp):
     x = np.zeros((1, 3, 3, 1))
-    y, cache = maxpool2d_forward(to_xp(xp, x, "float64"), 3, 1)
+    _, cache = maxpool2d_forward(to_xp(xp, x, "float64"), 3, 1)
     dx = backend.to_numpy(maxpool2d_backward(to_xp(xp, np.full((1, 1, 1, 1), 5.0), "float64"), cache))
     expected = np.zeros((1, 3, 3, 1))
     expected[0, 0, 0, 0] = 5.0

@@ -64,15 +64,18 @@ def _check_dy(dy: Array, win: Window, n: int, c: int) -> None:
 
 
 def _max_and_first_offset(views: Iterator[Array], n_offsets: int) -> tuple[Array, Array]:
-    """Running maximum over the window views and the offset of the FIRST view that reaches it
-    (``>`` never lets a later equal value take over)."""
+    """Running maximum over the window views and the offset of the FIRST view that reaches it.
+
+    Only a strictly greater value moves the offset, so a later tie never takes over; and since offsets
+    grow, "set ``arg = k`` where ``v > best``" is ``arg = max(arg, k·[v > best])``: plain arithmetic,
+    several times faster than a masked ``where`` in NumPy.
+    """
     best = next(views)
     xp = array_api_compat.array_namespace(best)
-    dev = array_api_compat.device(best)
     index_dtype = xp.uint8 if n_offsets <= 256 else xp.int32
-    arg = xp.zeros(best.shape, dtype=index_dtype, device=dev)
+    arg = xp.zeros(best.shape, dtype=index_dtype, device=array_api_compat.device(best))
     for k, v in enumerate(views, start=1):
-        arg = xp.where(v > best, xp.full((), k, dtype=index_dtype, device=dev), arg)
+        arg = xp.maximum(arg, xp.astype(v > best, index_dtype) * k)
         best = xp.maximum(best, v)
     return best, arg
 

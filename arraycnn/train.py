@@ -1,0 +1,304 @@
+"""The fit loop: seeded epochs, progress, history, per-epoch checkpoints, exact resume, NaN and Ctrl-C handling.
+
+Determinism: epoch ``e`` (0-based) draws its batch order and augmentation from
+``data.epoch_batches(..., seed, epoch=e)``, and a training checkpoint saved after epoch ``k`` holds the
+parameters, the optimizer state, ``k``, the seed and the history. Loading it and training epochs
+``k+1..N`` therefore replays the uninterrupted run exactly (bit for bit on NumPy): the seed *is* the RNG
+state, since nothing else is random.
+
+Host reads: the loss stays on the device and is summed there; it is read back only at progress points
+and at the end of each epoch, which is also where NaN/inf is detected.
+
+Abnormal stops keep the last good state: NaN/inf raises :class:`TrainingDivergedError` without
+overwriting the checkpoint with a broken model; Ctrl-C writes the state of the last *completed* epoch
+(the parameters of a half-done epoch cannot be resumed exactly) and re-raises ``KeyboardInterrupt``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import data
+from .backend import to_numpy
+from .checkpoint import read_npz, write_npz
+from .model import Sequential
+
+OPTIM_PREFIX = "optim/"
+TRAINING_KEYS = ("epoch", "seed", "history", "optimizer")
+TQDM_REFRESH = 10  # batches between loss read-backs on a terminal progress bar
+PLAIN_LINES = 4  # progress lines per epoch when stdout is not a terminal
+
+Log = Callable[[str], object]
+
+__all__ = ["TrainingDivergedError", "TrainingState", "fit", "load_training_state", "save_training_state"]
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The training loss became NaN or infinite; ``epoch`` is the 1-based epoch it happened in."""
+
+    def __init__(self, message: str, epoch: int) -> None:
+        super().__init__(message)
+        self.epoch = epoch
+
+
+@dataclass(frozen=True)
+class TrainingState:
+    """What :func:`load_training_state` restored besides the parameters and optimizer state."""
+
+    epoch: int
+    seed: int
+    history: list[dict[str, Any]]
+    meta: dict[str, Any]
+
+
+# --------------------------------------------------------------------------- training checkpoints
+
+
+def _snapshot(
+    model: Sequential, optimizer: Any, *, epoch: int, seed: int, history: list[dict[str, Any]],
+    meta: dict[str, Any] | None,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Host copies of everything a resume needs: ``(arrays, metadata)``."""
+    arrays = model.state_arrays() | {OPTIM_PREFIX + k: v for k, v in optimizer.state_dict().items()}
+    info = {**(meta or {}), "epoch": epoch, "seed": seed, "history": list(history),
+            "optimizer": type(optimizer).__name__, **model.checkpoint_meta()}
+    return arrays, info
+
+
+def save_training_state(
+    path: str | os.PathLike, model: Sequential, optimizer: Any, *, epoch: int, seed: int,
+    history: list[dict[str, Any]], meta: dict[str, Any] | None = None,
+) -> None:
+    """Atomically write a training checkpoint: parameters, ``optim/...`` state, epoch, seed, history, ``meta``."""
+    write_npz(path, *_snapshot(model, optimizer, epoch=epoch, seed=seed, history=history, meta=meta))
+
+
+def load_training_state(path: str | os.PathLike, model: Sequential, optimizer: Any) -> TrainingState:
+    """Restore a training checkpoint into ``model`` and ``optimizer`` (which must be of the saved type).
+
+    FileNotFoundError if ``path`` is missing; ValueError naming the file if it is corrupt, not a training
+    checkpoint, or does not fit the model or optimizer (checked before the model is changed).
+    """
+    _, meta = read_npz(path)
+    missing = [key for key in TRAINING_KEYS if key not in meta]
+    if missing:
+        raise ValueError(f"checkpoint {path} is not a training checkpoint: its metadata lacks {missing} "
+                         "(a Sequential.save file holds parameters only)")
+    if meta["optimizer"] != type(optimizer).__name__:
+        raise ValueError(f"checkpoint {path} was trained with {meta['optimizer']}, "
+                         f"but the optimizer given is {type(optimizer).__name__}")
+    ckpt = model.load(path)
+    state = {k.removeprefix(OPTIM_PREFIX): v for k, v in ckpt.arrays.items() if k.startswith(OPTIM_PREFIX)}
+    try:
+        optimizer.load_state_dict(state, model.parameters())
+    except ValueError as exc:
+        raise ValueError(f"checkpoint {path}: the optimizer state does not fit: {exc}") from None
+    return TrainingState(int(meta["epoch"]), int(meta["seed"]), list(meta["history"]), meta)
+
+
+class _LastGood:
+    """The state after the last completed, finite epoch: written every epoch and on an abnormal stop."""
+
+    def __init__(self, model: Sequential, optimizer: Any, seed: int, checkpoint_path: Any, interrupt_path: Any,
+                 meta: dict[str, Any] | None) -> None:
+        self.model, self.optimizer, self.seed, self.meta = model, optimizer, seed, meta
+        self.checkpoint_path = checkpoint_path
+        self.interrupt_path = interrupt_path if interrupt_path is not None else checkpoint_path
+        self.snapshot: tuple[dict[str, np.ndarray], dict[str, Any]] | None = None
+        self.written_to: Any = None
+        self.epoch = 0
+
+    def update(self, epoch: int, history: list[dict[str, Any]], write: bool = True) -> None:
+        """Take a host snapshot after ``epoch`` completed epochs; with ``write``, also to the checkpoint path."""
+        if self.interrupt_path is not None:
+            snapshot = _snapshot(self.model, self.optimizer, epoch=epoch, seed=self.seed, history=history,
+                                 meta=self.meta)
+            self.snapshot, self.written_to = snapshot, None
+        self.epoch = epoch
+        if write and self.snapshot is not None and self.checkpoint_path is not None:
+            write_npz(self.checkpoint_path, *self.snapshot)
+            self.written_to = self.checkpoint_path
+
+    def keep(self, path: Any) -> str:
+        """Make sure ``path`` (if any) holds the last good state; returns a sentence for the log."""
+        if path is None or self.snapshot is None:
+            return "no checkpoint is written (give a checkpoint path to keep one)"
+        if self.written_to != path:
+            write_npz(path, *self.snapshot)
+            self.written_to = path
+        return f"the state after epoch {self.snapshot[1]['epoch']} is saved in {os.fspath(path)}"
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class _Progress:
+    """One epoch's progress: a tqdm bar when stdout is a terminal (and tqdm is installed), else plain lines."""
+
+    def __init__(self, title: str, total: int, enabled: bool, log: Log) -> None:
+        self.title, self.total, self.log = title, total, log
+        self.bar = _tqdm_bar(title, total) if enabled and sys.stdout.isatty() else None
+        self.every = TQDM_REFRESH if self.bar is not None else max(1, math.ceil(total / (PLAIN_LINES + 1)))
+        self.enabled = enabled
+
+    def advance(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def due(self, i: int) -> bool:
+        """Should the running loss be read back after batch ``i`` (1-based)?"""
+        return self.enabled and i % self.every == 0 and i < self.total
+
+    def show(self, i: int, loss: float, acc: float) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"loss {loss:.4f} acc {acc:.2%}", refresh=False)
+        else:
+            self.log(f"  {self.title}  batch {i}/{self.total}  loss {loss:.4f}  acc {acc:.2%}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _tqdm_bar(title: str, total: int) -> Any:
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=title, unit="batch", leave=False, file=sys.stdout, dynamic_ncols=True)
+
+
+def format_epoch(record: dict[str, Any], epochs: int) -> str:
+    """One summary line for a history record."""
+    test = (f"test loss {record['test_loss']:.4f} acc {record['test_acc']:.2%}"
+            if record.get("test_loss") is not None else "no test set")
+    return (f"epoch {record['epoch']:>{len(str(epochs))}}/{epochs}  train loss {record['train_loss']:.4f} "
+            f"acc {record['train_acc']:.2%}  {test}  {record['seconds']:.1f} s  "
+            f"{record['images_per_second']:,.0f} img/s")
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+@dataclass(frozen=True)
+class _Plan:
+    epochs: int
+    batch_size: int
+    seed: int
+    augment: bool
+    progress: bool
+
+
+def _check_int(value: Any, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _diverged(value: float, epoch: int, plan: _Plan, where: str) -> TrainingDivergedError:
+    return TrainingDivergedError(
+        f"training diverged: the mean train loss is {value} in epoch {epoch}/{plan.epochs} ({where}); "
+        "stopping. Try a smaller learning rate.", epoch)
+
+
+def _run_epoch(model: Sequential, dataset: data.Dataset, optimizer: Any, epoch: int, plan: _Plan,
+               log: Log) -> dict[str, Any]:
+    """Train 0-based ``epoch`` and evaluate; returns its history record (``epoch`` 1-based)."""
+    xp, n = model.xp, len(dataset.train_labels)
+    total = data.num_batches(n, plan.batch_size)
+    batches = data.epoch_batches(dataset.train_images, dataset.train_labels, plan.batch_size, plan.seed,
+                                 epoch, augment=plan.augment)
+    progress = _Progress(f"epoch {epoch + 1}/{plan.epochs}", total, plan.progress, log)
+    loss_sum, correct, seen = xp.zeros((), dtype=model.dtype), xp.zeros((), dtype=xp.int64), 0
+    start = time.perf_counter()
+    try:
+        for i, (images, labels) in enumerate(batches, 1):
+            x, y = data.to_float_images(images, xp, model.dtype), data.to_labels(labels, xp)
+            loss, right = model.train_step_stats(x, y, optimizer)
+            loss_sum, correct, seen = loss_sum + loss * len(labels), correct + right, seen + len(labels)
+            progress.advance()
+            if progress.due(i):
+                running = float(to_numpy(loss_sum)) / seen
+                if not math.isfinite(running):
+                    raise _diverged(running, epoch + 1, plan, f"by batch {i}/{total}")
+                progress.show(i, running, int(to_numpy(correct)) / seen)
+        train_loss, train_acc = float(to_numpy(loss_sum)) / n, int(to_numpy(correct)) / n
+    finally:
+        progress.close()
+    seconds = time.perf_counter() - start
+    if not math.isfinite(train_loss):
+        raise _diverged(train_loss, epoch + 1, plan, "over the whole epoch")
+    test_loss = test_acc = None
+    if len(dataset.test_labels):
+        test_loss, test_acc = model.evaluate(dataset.test_images, dataset.test_labels)
+    return {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
+            "test_acc": test_acc, "seconds": seconds, "images_per_second": n / seconds}
+
+
+def fit(
+    model: Sequential,
+    dataset: data.Dataset,
+    optimizer: Any,
+    *,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    augment: bool = False,
+    start_epoch: int = 0,
+    history: list[dict[str, Any]] | None = None,
+    checkpoint_path: str | os.PathLike | None = None,
+    interrupt_path: str | os.PathLike | None = None,
+    checkpoint_meta: dict[str, Any] | None = None,
+    on_epoch_end: Callable[[dict[str, Any]], object] | None = None,
+    progress: bool = True,
+    log: Log = print,
+) -> list[dict[str, Any]]:
+    """Train ``model`` on ``dataset`` from epoch ``start_epoch + 1`` up to ``epochs`` (the TOTAL) and evaluate.
+
+    Returns the history: ``history`` (the epochs already done) plus one dict per new epoch with keys
+    ``epoch`` (1-based), ``train_loss``, ``train_acc`` (running sums over the epoch's batches), ``test_loss``,
+    ``test_acc``, ``seconds`` (training time of the epoch), ``images_per_second``.
+
+    ``checkpoint_path``: a training checkpoint (see :func:`save_training_state`, with ``checkpoint_meta``
+    added to its metadata) is written there atomically after every epoch. ``interrupt_path``: where Ctrl-C
+    saves the last completed state when there is no ``checkpoint_path``.
+
+    Raises :class:`TrainingDivergedError` when the loss becomes NaN/inf (the checkpoint keeps the last good
+    epoch) and re-raises ``KeyboardInterrupt`` after saving the last completed epoch.
+    """
+    plan = _Plan(_check_int(epochs, "epochs", 0), _check_int(batch_size, "batch_size", 1),
+                 _check_int(seed, "seed", 0), bool(augment), bool(progress))
+    start_epoch = _check_int(start_epoch, "start_epoch", 0)
+    history = list(history or [])
+    if len(dataset.train_labels) == 0:
+        raise ValueError("dataset must hold at least one training example")
+    if start_epoch >= plan.epochs:
+        log(f"nothing to train: {start_epoch} epochs are done and epochs={plan.epochs} is the total")
+        return history
+    last_good = _LastGood(model, optimizer, plan.seed, checkpoint_path, interrupt_path, checkpoint_meta)
+    last_good.update(start_epoch, history, write=False)
+    try:
+        for epoch in range(start_epoch, plan.epochs):
+            record = _run_epoch(model, dataset, optimizer, epoch, plan, log)
+            history.append(record)
+            last_good.update(epoch + 1, history)  # saved before it is announced
+            if on_epoch_end is not None:
+                on_epoch_end(record)
+            log(format_epoch(record, plan.epochs))
+    except KeyboardInterrupt:
+        log(f"\ninterrupted during epoch {last_good.epoch + 1}: {last_good.keep(last_good.interrupt_path)}")
+        raise
+    except TrainingDivergedError as exc:
+        log(f"{exc}\nThe last good state is kept: {last_good.keep(checkpoint_path)}")
+        raise
+    return history

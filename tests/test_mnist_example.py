@@ -1,0 +1,113 @@
+"""examples/mnist.py run as a user would (a subprocess), on tiny subsets of the bundled digits."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from arraycnn.checkpoint import read_npz
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "mnist.py"
+TINY = ["--source", "bundled", "--train-size", "200", "--test-size", "100", "--batch-size", "50"]
+
+
+def example(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(EXAMPLE), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+
+
+def scores(metrics: dict) -> list[tuple]:
+    return [(r["epoch"], r["train_loss"], r["train_acc"], r["test_loss"], r["test_acc"]) for r in metrics["history"]]
+
+
+@pytest.mark.slow
+def test_train_save_resume_metrics_and_plot(tmp_path):
+    straight = example(tmp_path, *TINY, "--epochs", "2", "--metrics-json", "a.json", "--plot", "curves.png")
+    assert straight.returncode == 0, straight.stderr
+    out = straight.stdout
+    assert "arraycnn 0.1.0: the tutorial's CNN on mnist" in out
+    assert "200 train + 100 test images" in out and "batch 50, Adam lr 0.001, augment random shifts" in out
+    assert "epoch 1/2  train loss" in out and "epoch 2/2  train loss" in out
+    assert "predicted: [" in out and "true:      [" in out and "final test accuracy" in out
+    png = tmp_path / "curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
+
+    metrics = json.loads((tmp_path / "a.json").read_text())
+    assert {k: metrics[k] for k in ("status", "backend", "dtype", "dataset", "source", "train_size", "test_size",
+                                    "epochs", "batch_size", "optimizer", "seed", "augment")} == {
+        "status": "completed", "backend": "numpy", "dtype": "float32", "dataset": "mnist", "source": "bundled",
+        "train_size": 200, "test_size": 100, "epochs": 2, "batch_size": 50, "optimizer": "adam", "seed": 0,
+        "augment": True}
+    assert [r["epoch"] for r in metrics["history"]] == [1, 2]
+    for r in metrics["history"]:
+        assert r["seconds"] > 0 and r["images_per_second"] == pytest.approx(200 / r["seconds"])
+    assert metrics["final_test_accuracy"] == metrics["history"][-1]["test_acc"]
+    assert f"final test accuracy {metrics['final_test_accuracy']:.2%} on 100 test images" in out
+
+    first = example(tmp_path, *TINY, "--epochs", "1", "--save", "ck.npz", "--metrics-json", "b.json")
+    assert first.returncode == 0, first.stderr
+    assert "saving    a checkpoint to ck.npz after every epoch" in first.stdout
+    # the settings (source, sizes, batch, augmentation, seed) come back from the checkpoint
+    resumed = example(tmp_path, "--resume", "ck.npz", "--epochs", "2", "--metrics-json", "c.json")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed   from ck.npz after epoch 1" in resumed.stdout and "epochs 2..2" in resumed.stdout
+    assert "epoch 1/2" not in resumed.stdout
+    resumed_metrics = json.loads((tmp_path / "c.json").read_text())
+    assert resumed_metrics["resumed_from"] == "ck.npz"
+    assert scores(resumed_metrics) == scores(metrics)  # exactly the uninterrupted run
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt"])
+def test_resume_from_a_bad_checkpoint_is_an_error(tmp_path, damage):
+    if damage == "corrupt":
+        (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 definitely not a zip")
+    result = example(tmp_path, *TINY, "--resume", "bad.npz", "--epochs", "1", "--metrics-json", "m.json")
+    assert result.returncode == 2
+    expected = "does not exist" if damage == "missing" else "is not an .npz (zip) archive"
+    assert f"error: checkpoint bad.npz {expected}" in result.stderr
+    assert "epoch" not in result.stdout and not (tmp_path / "m.json").exists()  # never a silent fresh start
+
+
+def test_bad_arguments_exit_with_usage_errors(tmp_path):
+    result = example(tmp_path, "--batch-size", "0")
+    assert result.returncode == 2 and "--batch-size must be >= 1" in result.stderr
+    result = example(tmp_path, "--source", "bundled", "--dataset", "fashion_mnist", "--epochs", "1")
+    assert result.returncode == 2 and "error: source='bundled' holds mnist only" in result.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_the_last_completed_epoch_and_exits_130(tmp_path):
+    cmd = [sys.executable, str(EXAMPLE), *TINY, "--epochs", "5", "--save", "ck.npz", "--metrics-json", "m.json"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("epoch 1/5  train loss"):
+            proc.send_signal(signal.SIGINT)  # Ctrl-C early in epoch 2 (or while epoch 1 is being saved)
+            break
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 130, err
+    assert "interrupted during epoch 2: the state after epoch 1 is saved in ck.npz" in out
+    assert "--resume ck.npz --epochs 5" in out and "Traceback" not in err
+    meta = read_npz(tmp_path / "ck.npz")[1]
+    assert meta["epoch"] == 1 and len(meta["history"]) == 1
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["status"] == "interrupted" and [r["epoch"] for r in metrics["history"]] == [1]
+
+
+def test_divergence_exits_1_and_never_saves_a_broken_model(tmp_path):
+    result = example(tmp_path, *TINY, "--epochs", "2", "--lr", "1e30", "--save", "ck.npz", "--metrics-json", "m.json")
+    assert result.returncode == 1, result.stderr
+    assert "training diverged: the mean train loss is" in result.stdout
+    assert "The last good state is kept: the state after epoch 0 is saved in ck.npz" in result.stdout
+    arrays, meta = read_npz(tmp_path / "ck.npz")
+    assert meta["epoch"] == 0 and all(np.isfinite(v).all() for v in arrays.values())
+    assert json.loads((tmp_path / "m.json").read_text())["status"] == "diverged"
