@@ -16,6 +16,10 @@ Rules kept here:
 from __future__ import annotations
 
 import importlib
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cache
 from types import ModuleType
 from typing import Any
 
@@ -147,3 +151,38 @@ def random_normal(
 ) -> Array:
     """``std * N(0, 1)`` drawn on the host in float64 and moved once to ``xp``: identical on every backend."""
     return to_device(rng.standard_normal(shape) * std, xp, dtype)
+
+
+MAX_WORKERS = 4
+
+
+def data_parallel_workers(xp: ModuleType) -> int:
+    """How many threads a training step may split its batch over.
+
+    NumPy runs each element-wise pass on one core (and releases the GIL while it does), so on NumPy the
+    batch is split over the CPU cores (at most ``MAX_WORKERS``; ``ARRAYCNN_THREADS`` overrides). A GPU or
+    another library already parallelises inside each op: 1.
+    """
+    if backend_name(xp) != "numpy":
+        return 1
+    env = os.environ.get("ARRAYCNN_THREADS")
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise ValueError(f"ARRAYCNN_THREADS must be a positive integer, got {env!r}")
+        return int(env)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, MAX_WORKERS))
+
+
+@cache
+def _blas_controller() -> Any:
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+@contextmanager
+def blas_threads(n: int) -> Iterator[None]:
+    """Limit NumPy's BLAS to ``n`` threads inside the block (the batch-split workers are the parallelism)."""
+    with _blas_controller().limit(limits=n, user_api="blas"):
+        yield

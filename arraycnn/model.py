@@ -13,9 +13,14 @@ and is read on the host only when it is logged.
 
 from __future__ import annotations
 
+import copy
+import functools
+import itertools
 import math
+import operator
 import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,12 +28,13 @@ import array_api_compat
 import numpy as np
 
 from . import data
-from .backend import Array, backend_name, to_device, to_numpy
+from .backend import Array, backend_name, blas_threads, data_parallel_workers, to_device, to_numpy
 from .checkpoint import read_npz, write_npz
 from .functional import softmax_cross_entropy_backward, softmax_cross_entropy_forward
 from .layers import Layer
 
 PARAM_PREFIX = "param/"
+MIN_SHARD = 16  # rows: below this a shard costs more in per-op overhead than its thread gains
 
 __all__ = ["Checkpoint", "Sequential"]
 
@@ -47,6 +53,31 @@ def _dtype_name(xp: Any, dtype: Any) -> str:
         if dtype == getattr(xp, name):
             return name
     raise TypeError(f"parameters must be float32 or float64, got {dtype}")
+
+
+def _forward(layers: Sequence[Layer], x: Array, train: bool) -> Array:
+    for layer in layers:
+        x = layer.forward(x, train=train)
+    return x
+
+
+def _backward(layers: Sequence[Layer], grad: Array, input_grad: bool) -> Array | None:
+    for i in reversed(range(len(layers))):
+        grad = layers[i].backward(grad, input_grad=input_grad or i > 0)
+    return grad
+
+
+def _loss_and_gradients(layers: Sequence[Layer], x: Array, labels: Array, share: float) -> tuple[Array, Array]:
+    """Forward, fused softmax cross-entropy and backward of one (shard of a) batch.
+
+    ``share`` is the shard's fraction of the batch: the loss and its gradient are scaled by it, so shard
+    gradients add up to the whole batch's. Returns ``(share * mean loss, number correct)``, 0-d on device.
+    """
+    logits = _forward(layers, x, train=True)
+    loss, cache = softmax_cross_entropy_forward(logits, labels, check_targets=False)
+    _backward(layers, softmax_cross_entropy_backward(cache, share), input_grad=False)
+    xp = array_api_compat.array_namespace(logits)
+    return loss * share, xp.sum(xp.astype(xp.argmax(logits, axis=1) == labels, xp.int64))
 
 
 class Sequential:
@@ -73,6 +104,9 @@ class Sequential:
             raise TypeError(f"the layers' parameters must share one dtype, got {sorted(dtypes)}")
         self.dtype = params[0].dtype
         self.dtype_name = _dtype_name(self.xp, self.dtype)
+        self._workers = data_parallel_workers(self.xp)
+        self._replica_stacks: list[list[Layer]] = []
+        self._pool: ThreadPoolExecutor | None = None
 
     def __repr__(self) -> str:
         inner = ",\n".join(f"  ({i}) {layer!r}" for i, layer in enumerate(self.layers))
@@ -102,32 +136,57 @@ class Sequential:
     # -- passes ---------------------------------------------------------------------------------------------
     def forward(self, x: Array, train: bool = True) -> Array:
         """``x (N, ...) -> logits (N, K)``; ``train=True`` keeps each layer's cache for :meth:`backward`."""
-        for layer in self.layers:
-            x = layer.forward(x, train=train)
-        return x
+        return _forward(self.layers, x, train)
 
     def backward(self, dlogits: Array, input_grad: bool = True) -> Array | None:
         """Walk the layers in reverse from ``dlogits = dL/dlogits (N, K)``; returns ``dL/dx``.
 
         ``input_grad=False`` (what :meth:`train_step` uses) returns None and lets the first layer skip ``dx``.
         """
-        grad = dlogits
-        for i in reversed(range(len(self.layers))):
-            grad = self.layers[i].backward(grad, input_grad=input_grad or i > 0)
-        return grad
+        return _backward(self.layers, dlogits, input_grad)
 
     def train_step_stats(self, x: Array, labels: Array, optimizer: Any) -> tuple[Array, Array]:
         """One step on a device batch; returns ``(mean loss, number of correct predictions)``, both 0-d on device.
 
         ``x (B, ...)`` in the model's dtype, ``labels (B,)`` integer class ids already validated on the host
         (the loss does not check them again, which would read back from the device).
+
+        On NumPy the batch is split into shards run by a small thread pool
+        (:func:`arraycnn.backend.data_parallel_workers`), each shard's loss gradient scaled by its share
+        of the batch, so the summed parameter gradients are those of the whole batch.
         """
-        logits = self.forward(x, train=True)
-        loss, cache = softmax_cross_entropy_forward(logits, labels, check_targets=False)
-        self.backward(softmax_cross_entropy_backward(cache), input_grad=False)
+        shards = self._shards(x.shape[0])
+        if len(shards) == 1:
+            loss, correct = _loss_and_gradients(self.layers, x, labels, 1.0)
+        else:
+            replicas = self._replicas(len(shards))
+
+            def run(layers: list[Layer], s: slice) -> tuple[Array, Array]:
+                return _loss_and_gradients(layers, x[s], labels[s], (s.stop - s.start) / x.shape[0])
+
+            with blas_threads(1):
+                parts = list(self._pool.map(run, replicas, shards))
+            loss = functools.reduce(operator.add, [p[0] for p in parts])
+            correct = functools.reduce(operator.add, [p[1] for p in parts])
+            for i, layer in enumerate(self.layers):   # replica 0 is self.layers: add the others' gradients
+                layer.grads = {name: functools.reduce(operator.add, [r[i].grads[name] for r in replicas])
+                               for name in layer.grads}
         optimizer.step(self.parameters(), self.gradients())
-        correct = self.xp.sum(self.xp.astype(self.xp.argmax(logits, axis=1) == labels, self.xp.int64))
         return loss, correct
+
+    def _shards(self, n: int) -> list[slice]:
+        """Contiguous batch slices, one per worker, each at least ``MIN_SHARD`` rows."""
+        count = max(1, min(self._workers, n // MIN_SHARD))
+        bounds = [n * i // count for i in range(count + 1)]
+        return [slice(a, b) for a, b in itertools.pairwise(bounds)]
+
+    def _replicas(self, count: int) -> list[list[Layer]]:
+        """``count`` layer stacks sharing the parameters (shallow copies keep their own caches and grads)."""
+        while len(self._replica_stacks) < count - 1:
+            self._replica_stacks.append([copy.copy(layer) for layer in self.layers])
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="arraycnn")
+        return [self.layers, *self._replica_stacks[:count - 1]]
 
     def train_step(self, x: Array, labels: Array, optimizer: Any) -> Array:
         """One step (forward, fused softmax cross-entropy, backward, ``optimizer.step``) -> mean loss (0-d, device)."""
@@ -136,11 +195,20 @@ class Sequential:
     def predict(self, x: Array, batch_size: int | None = None) -> Array:
         """``logits (N, K)`` for device images ``x (N, ...)``, in chunks of ``batch_size`` when given (no cache)."""
         if batch_size is None:
-            return self.forward(x, train=False)
+            return self._predict_batch(x)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
-        chunks = [self.forward(x[i:i + batch_size], train=False) for i in range(0, x.shape[0], batch_size)]
+        chunks = [self._predict_batch(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)]
         return self.xp.concat(chunks, axis=0)
+
+    def _predict_batch(self, x: Array) -> Array:
+        shards = self._shards(x.shape[0])
+        if len(shards) == 1:
+            return self.forward(x, train=False)
+        replicas = self._replicas(len(shards))
+        with blas_threads(1):
+            parts = list(self._pool.map(lambda layers, s: _forward(layers, x[s], False), replicas, shards))
+        return self.xp.concat(parts, axis=0)
 
     def evaluate(self, images: np.ndarray, labels: np.ndarray, batch_size: int = 1000) -> tuple[float, float]:
         """``(mean loss, accuracy)`` on host uint8 images ``(N, 28, 28, 1)`` and int labels ``(N,)``.
@@ -157,7 +225,7 @@ class Sequential:
         xp, loss_sum, correct = self.xp, 0.0, 0
         for start in range(0, len(labels), batch_size):
             y = data.to_labels(labels[start:start + batch_size], xp)
-            logits = self.forward(data.to_float_images(images[start:start + batch_size], xp, self.dtype), train=False)
+            logits = self.predict(data.to_float_images(images[start:start + batch_size], xp, self.dtype))
             if start == 0 and not 0 <= labels.min() <= labels.max() < logits.shape[1]:
                 raise ValueError(f"labels must be class ids in [0, {logits.shape[1]}), "
                                  f"got {labels.min()}..{labels.max()}")

@@ -167,12 +167,17 @@ def im2col(xpad: Array, win: Window) -> Array:
     """Unroll the padded input into patches: ``(N, Hp, Wp, C)`` -> ``(N*OH*OW, KH*KW*C)``.
 
     Row ``(n, oh, ow)`` holds the window under output pixel ``(oh, ow)`` in ``(KH, KW, C)`` order,
-    the order of a flattened filter ``w[k] (KH, KW, C)``.
+    the order of a flattened filter ``w[k] (KH, KW, C)``. Built separably: first the ``1 x KW`` row
+    patches ``(N, Hp, OW, KW*C)``, then ``KH`` of those stacked, so each copy moves runs of
+    ``C`` and ``KW*C`` values instead of ``KH*KW`` runs of ``C``.
     """
     xp = array_api_compat.array_namespace(xpad)
     n, c = xpad.shape[0], xpad.shape[-1]
+    along_w, along_h = win.separable()
     # --8<-- [start:im2col]
-    patches = xp.stack(list(window_views(xpad, win)), axis=3)  # (N, OH, OW, KH*KW, C)
+    rows = xp.stack(list(window_views(xpad, along_w)), axis=3)         # (N, Hp, OW, KW, C)
+    rows = xp.reshape(rows, (n, win.hp, win.ow, win.kw * c))
+    patches = xp.stack(list(window_views(rows, along_h)), axis=3)      # (N, OH, OW, KH, KW*C)
     return xp.reshape(patches, (n * win.oh * win.ow, win.kh * win.kw * c))
     # --8<-- [end:im2col]
 
