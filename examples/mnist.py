@@ -78,6 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--augment", action=argparse.BooleanOptionalAction,
                    help=f"* random shifts of up to {data.AUGMENT_MAX_SHIFT} pixels; default on")
     p.add_argument("--plot", type=Path, metavar="PATH", help="write loss and accuracy curves to this PNG")
+    p.add_argument("--plot-dir", type=Path, metavar="DIR",
+                   help="write the pictures of training to DIR: curves, first-layer filters, feature maps of one "
+                        "digit, confusion matrix, most confidently misclassified digits")
     p.add_argument("--save", type=Path, metavar="PATH", help="write a checkpoint (.npz) after every epoch")
     p.add_argument("--resume", type=Path, metavar="PATH", help="continue from a checkpoint written by --save")
     p.add_argument("--metrics-json", type=Path, metavar="PATH", help="write the run's metrics as JSON")
@@ -86,8 +89,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--epochs must be >= 0, got {args.epochs}")
     if args.batch_size is not None and args.batch_size < 1:
         p.error(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
-        p.error("--plot needs matplotlib: pip install 'arraycnn[plot]'")
+    if (args.plot or args.plot_dir) and importlib.util.find_spec("matplotlib") is None:
+        p.error("--plot and --plot-dir need matplotlib: pip install 'arraycnn[plot]'")
     return args
 
 
@@ -208,6 +211,11 @@ def train(args: argparse.Namespace, log: Any) -> int:
         from arraycnn.plot import plot_history
 
         log(f"learning curves: {plot_history(history, args.plot)}")
+    if args.plot_dir and code in (0, EXIT_INTERRUPTED):
+        from arraycnn.plot import save_training_plots
+
+        paths = save_training_plots(model, history, ds.test_images, ds.test_labels, args.plot_dir)
+        log(f"pictures: {', '.join(str(p) for p in paths.values())}")
     return code
 
 

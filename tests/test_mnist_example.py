@@ -29,7 +29,8 @@ def scores(metrics: dict) -> list[tuple]:
 
 @pytest.mark.slow
 def test_train_save_resume_metrics_and_plot(tmp_path):
-    straight = example(tmp_path, *TINY, "--epochs", "2", "--metrics-json", "a.json", "--plot", "curves.png")
+    straight = example(tmp_path, *TINY, "--epochs", "2", "--metrics-json", "a.json", "--plot", "curves.png",
+                       "--plot-dir", "pictures")
     assert straight.returncode == 0, straight.stderr
     out = straight.stdout
     assert "arraycnn 0.1.0: the tutorial's CNN on mnist" in out
@@ -38,6 +39,9 @@ def test_train_save_resume_metrics_and_plot(tmp_path):
     assert "predicted: [" in out and "true:      [" in out and "final test accuracy" in out
     png = tmp_path / "curves.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
+    for name in ("history", "filters", "feature_maps", "confusion_matrix", "misclassified"):
+        picture = tmp_path / "pictures" / f"{name}.png"
+        assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and picture.stat().st_size > 1000, name
 
     metrics = json.loads((tmp_path / "a.json").read_text())
     assert {k: metrics[k] for k in ("status", "backend", "dtype", "dataset", "source", "train_size", "test_size",
