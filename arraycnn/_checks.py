@@ -46,20 +46,28 @@ def check_same_dtype(xp: ModuleType, **arrays: Any) -> None:
         raise TypeError(f"arrays must share one floating dtype ({listing})")
 
 
+def check_int(value: Any, name: str, minimum: int) -> int:
+    """``value`` as an int ``>= minimum``; TypeError for non-integers (bools included), else ValueError."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
 def int_pair(value: Any, name: str, minimum: int) -> tuple[int, int]:
     """An int or an ``(h, w)`` pair of ints, each ``>= minimum`` -> ``(h, w)``."""
     items = value if isinstance(value, (tuple, list)) else (value, value)
     if len(items) != 2:
         raise ValueError(f"{name} must be an int or an (h, w) pair, got {value!r}")
-    out = []
-    for v in items:
-        if isinstance(v, bool):
-            raise TypeError(f"{name} must be an int or an (h, w) pair of ints, got {value!r}")
-        try:
-            v = operator.index(v)
-        except TypeError:
-            raise TypeError(f"{name} must be an int or an (h, w) pair of ints, got {value!r}") from None
-        if v < minimum:
-            raise ValueError(f"{name} must be >= {minimum} (an int or an (h, w) pair), got {value!r}")
-        out.append(v)
-    return out[0], out[1]
+    try:
+        h, w = (check_int(v, name, minimum) for v in items)
+    except TypeError:
+        raise TypeError(f"{name} must be an int or an (h, w) pair of ints, got {value!r}") from None
+    except ValueError:
+        raise ValueError(f"{name} must be >= {minimum} (an int or an (h, w) pair), got {value!r}") from None
+    return h, w

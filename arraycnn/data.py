@@ -20,7 +20,6 @@ import hashlib
 import importlib.resources
 import io
 import math
-import operator
 import os
 import socket
 import struct
@@ -34,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from arraycnn._checks import check_int
 from arraycnn.backend import Array, resolve_dtype, to_device
 
 NAMES = ("mnist", "fashion_mnist")
@@ -93,18 +93,6 @@ class Dataset:
 
 
 # --------------------------------------------------------------------------- argument checks
-
-
-def _check_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}") from None
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
 
 
 def _check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
@@ -408,7 +396,7 @@ def stratified_indices(labels: np.ndarray, k: int, rng: np.random.Generator) -> 
     label); which ones, and their order, come from ``rng``.
     """
     n = len(labels)
-    k = _check_int(k, "k", 0)
+    k = check_int(k, "k", 0)
     if k > n:
         raise ValueError(f"k={k} is larger than the {n} labels available")
     if k == 0:
@@ -454,9 +442,9 @@ def load_dataset(
     """
     _check_choice(name, "name", NAMES)
     _check_choice(source, "source", SOURCES)
-    seed = _check_int(seed, "seed", 0)
-    train_size = None if train_size is None else _check_int(train_size, "train_size", 1)
-    test_size = None if test_size is None else _check_int(test_size, "test_size", 1)
+    seed = check_int(seed, "seed", 0)
+    train_size = None if train_size is None else check_int(train_size, "train_size", 1)
+    test_size = None if test_size is None else check_int(test_size, "test_size", 1)
     directory = _as_dir(data_dir)
     log = log or (lambda line: None)
     if source == "bundled" and name != "mnist":
@@ -496,8 +484,8 @@ def _make_dataset(name: str, source: str, arrays: list, train_size, test_size, s
 
 def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:
     """How many batches :func:`epoch_batches` yields for ``n`` examples."""
-    n = _check_int(n, "n", 0)
-    batch_size = _check_int(batch_size, "batch_size", 1)
+    n = check_int(n, "n", 0)
+    batch_size = check_int(batch_size, "batch_size", 1)
     return n // batch_size if drop_last else -(-n // batch_size)
 
 
@@ -518,7 +506,7 @@ def random_shift(images: np.ndarray, max_shift: int, rng: np.random.Generator) -
     """
     if not isinstance(images, np.ndarray) or images.ndim not in (3, 4):
         raise ValueError(f"images must be a NumPy array (N, H, W[, C]), got {_describe(images)}")
-    max_shift = _check_int(max_shift, "max_shift", 0)
+    max_shift = check_int(max_shift, "max_shift", 0)
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
     shifts = rng.integers(-max_shift, max_shift + 1, size=(len(images), 2))
@@ -553,7 +541,7 @@ def epoch_batches(
     if labels.dtype.kind not in "iu":
         raise TypeError(f"labels must have an integer dtype, got {labels.dtype}")
     count = num_batches(len(images), batch_size, drop_last)
-    seed, epoch = _check_int(seed, "seed", 0), _check_int(epoch, "epoch", 0)
+    seed, epoch = check_int(seed, "seed", 0), check_int(epoch, "epoch", 0)
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(images)) if shuffle else np.arange(len(images))
     shifts = rng.integers(-AUGMENT_MAX_SHIFT, AUGMENT_MAX_SHIFT + 1, size=(len(images), 2)) if augment else None

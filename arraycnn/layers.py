@@ -15,7 +15,6 @@ biases start at zero. Layout is channels-last: ``x (N, H, W, C)``, filters ``w (
 from __future__ import annotations
 
 import math
-import operator
 from types import ModuleType
 from typing import Any
 
@@ -23,7 +22,7 @@ import array_api_compat
 import numpy as np
 
 from . import functional as F
-from ._checks import int_pair
+from ._checks import check_int, int_pair
 from .backend import Array, get_namespace, host_rng, random_normal, resolve_dtype
 from .functional.conv import METHODS as CONV_METHODS
 
@@ -31,18 +30,6 @@ INITS = ("he", "tutorial")
 TUTORIAL_STD = 0.01
 
 __all__ = ["INITS", "AvgPool2D", "Conv2D", "Dense", "Flatten", "Layer", "MaxPool2D", "ReLU"]
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be a positive int, got {value!r}")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}") from None
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value}")
-    return value
 
 
 def init_std(init: str, fan_in: int) -> float:
@@ -127,8 +114,8 @@ class Conv2D(_ParamLayer):
         padding: Any = 0, method: str = "im2col", init: str = "he", rng: int | np.random.Generator = 0,
         backend: str | ModuleType = "numpy", dtype: str | Any = "float32",
     ) -> None:
-        self.in_channels = _positive_int(in_channels, "in_channels")
-        self.filters = _positive_int(filters, "filters")
+        self.in_channels = check_int(in_channels, "in_channels", 1)
+        self.filters = check_int(filters, "filters", 1)
         self.kernel_size = int_pair(kernel_size, "kernel_size", 1)
         self.stride = int_pair(stride, "stride", 1)
         self.padding = int_pair(padding, "padding", 0)
@@ -162,8 +149,8 @@ class Dense(_ParamLayer):
         self, in_features: int, units: int, *, init: str = "he", rng: int | np.random.Generator = 0,
         backend: str | ModuleType = "numpy", dtype: str | Any = "float32",
     ) -> None:
-        self.in_features = _positive_int(in_features, "in_features")
-        self.units = _positive_int(units, "units")
+        self.in_features = check_int(in_features, "in_features", 1)
+        self.units = check_int(units, "units", 1)
         super().__init__((self.units, self.in_features), self.in_features, init, rng, backend, dtype)
 
     def config(self) -> dict[str, Any]:

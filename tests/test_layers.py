@@ -126,11 +126,11 @@ def test_config_describes_the_layer():
 
 
 @pytest.mark.parametrize(("make", "error", "match"), [
-    (lambda: Conv2D(0, 4, 3), ValueError, "in_channels must be a positive int"),
-    (lambda: Conv2D(1, 2.5, 3), TypeError, "filters must be a positive int"),
+    (lambda: Conv2D(0, 4, 3), ValueError, "in_channels must be >= 1"),
+    (lambda: Conv2D(1, 2.5, 3), TypeError, "filters must be an int"),
     (lambda: Conv2D(1, 2, 3, method="fft"), ValueError, "method must be one of"),
     (lambda: Conv2D(1, 2, 3, init="xavier"), ValueError, "init must be one of"),
-    (lambda: Dense(10, True), TypeError, "units must be a positive int"),
+    (lambda: Dense(10, True), TypeError, "units must be an int"),
     (lambda: Dense(10, 2, dtype="float16"), ValueError, "dtype must be one of"),
     (lambda: Dense(10, 2, backend="no_such_backend"), ValueError, "unknown backend"),
     (lambda: MaxPool2D(0), ValueError, "size must be >= 1"),
