@@ -34,6 +34,7 @@ from .functional import softmax_cross_entropy_backward, softmax_cross_entropy_fo
 from .layers import Layer
 
 PARAM_PREFIX = "param/"
+PREDICT_CHUNK = 128  # rows per forward pass when predicting: bounds the unrolled patches' memory
 MIN_SHARD = 16  # rows: below this a shard costs more in per-op overhead than its thread gains
 
 __all__ = ["Checkpoint", "Sequential"]
@@ -59,6 +60,14 @@ def _forward(layers: Sequence[Layer], x: Array, train: bool) -> Array:
     for layer in layers:
         x = layer.forward(x, train=train)
     return x
+
+
+def _forward_in_chunks(layers: Sequence[Layer], x: Array) -> Array:
+    if x.shape[0] <= PREDICT_CHUNK:
+        return _forward(layers, x, train=False)
+    xp = array_api_compat.array_namespace(x)
+    return xp.concat([_forward(layers, x[i:i + PREDICT_CHUNK], train=False)
+                      for i in range(0, x.shape[0], PREDICT_CHUNK)], axis=0)
 
 
 def _backward(layers: Sequence[Layer], grad: Array, input_grad: bool) -> Array | None:
@@ -202,12 +211,14 @@ class Sequential:
         return self.xp.concat(chunks, axis=0)
 
     def _predict_batch(self, x: Array) -> Array:
+        """Logits of one batch: a shard per worker, each forwarded in chunks of at most ``PREDICT_CHUNK``
+        rows so that no layer's unrolled patches outgrow the cache (or the memory) at large batches."""
         shards = self._shards(x.shape[0])
         if len(shards) == 1:
-            return self.forward(x, train=False)
+            return _forward_in_chunks(self.layers, x)
         replicas = self._replicas(len(shards))
         with blas_threads(1):
-            parts = list(self._pool.map(lambda layers, s: _forward(layers, x[s], False), replicas, shards))
+            parts = list(self._pool.map(lambda layers, s: _forward_in_chunks(layers, x[s]), replicas, shards))
         return self.xp.concat(parts, axis=0)
 
     def evaluate(self, images: np.ndarray, labels: np.ndarray, batch_size: int = 1000) -> tuple[float, float]:
