@@ -19,6 +19,7 @@ import gzip
 import hashlib
 import importlib.resources
 import io
+import logging
 import math
 import os
 import socket
@@ -302,9 +303,19 @@ def _download_reachable(name: str) -> bool:
 
 
 def _tfds_prepared(tfds: ModuleType, name: str, data_dir: Path | None) -> tuple[bool, str]:
-    """(is ``name`` already prepared locally, the tfds directory that was checked)."""
-    builder = tfds.builder(name, data_dir=None if data_dir is None else str(data_dir))
-    return bool(builder.is_prepared()), str(builder.data_dir)
+    """(is ``name`` already prepared locally, the tfds directory that was checked).
+
+    tfds logs a warning through absl when the folder it probes is empty; the caller reports the outcome
+    in one line instead, so that warning is muted for the probe.
+    """
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        builder = tfds.builder(name, data_dir=None if data_dir is None else str(data_dir))
+        return bool(builder.is_prepared()), str(builder.data_dir)
+    finally:
+        absl_logger.setLevel(level)
 
 
 def _load_tfds(
