@@ -174,6 +174,13 @@ def data_parallel_workers(xp: ModuleType) -> int:
     return max(1, min(cores, MAX_WORKERS))
 
 
+def cache_chunk_rows(xp: ModuleType) -> int | None:
+    """Rows a NumPy pass works on at a time: beyond ~32 images a layer's unrolled patches (32 x 484 x 90
+    floats in the tutorial's second convolution) fall out of the CPU caches and each image costs 3-4x more
+    (measured in docs/benchmarks.md). A GPU wants the whole batch: None."""
+    return 32 if backend_name(xp) == "numpy" else None
+
+
 @cache
 def _blas_controller() -> Any:
     from threadpoolctl import ThreadpoolController

@@ -28,13 +28,20 @@ import array_api_compat
 import numpy as np
 
 from . import data
-from .backend import Array, backend_name, blas_threads, data_parallel_workers, to_device, to_numpy
+from .backend import (
+    Array,
+    backend_name,
+    blas_threads,
+    cache_chunk_rows,
+    data_parallel_workers,
+    to_device,
+    to_numpy,
+)
 from .checkpoint import read_npz, write_npz
 from .functional import softmax_cross_entropy_backward, softmax_cross_entropy_forward
 from .layers import Layer
 
 PARAM_PREFIX = "param/"
-PREDICT_CHUNK = 128  # rows per forward pass when predicting: bounds the unrolled patches' memory
 MIN_SHARD = 16  # rows: below this a shard costs more in per-op overhead than its thread gains
 
 __all__ = ["Checkpoint", "Sequential"]
@@ -62,12 +69,15 @@ def _forward(layers: Sequence[Layer], x: Array, train: bool) -> Array:
     return x
 
 
-def _forward_in_chunks(layers: Sequence[Layer], x: Array) -> Array:
-    if x.shape[0] <= PREDICT_CHUNK:
-        return _forward(layers, x, train=False)
-    xp = array_api_compat.array_namespace(x)
-    return xp.concat([_forward(layers, x[i:i + PREDICT_CHUNK], train=False)
-                      for i in range(0, x.shape[0], PREDICT_CHUNK)], axis=0)
+def _chunks(n: int, rows: int | None) -> list[slice]:
+    """``[0, n)`` in consecutive slices of at most ``rows`` rows (one slice when ``rows`` is None)."""
+    step = n if rows is None else max(1, rows)
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)] or [slice(0, 0)]
+
+
+def _forward_in_chunks(layers: Sequence[Layer], x: Array, rows: int | None) -> Array:
+    parts = [_forward(layers, x[s], train=False) for s in _chunks(x.shape[0], rows)]
+    return parts[0] if len(parts) == 1 else array_api_compat.array_namespace(x).concat(parts, axis=0)
 
 
 def _backward(layers: Sequence[Layer], grad: Array, input_grad: bool) -> Array | None:
@@ -76,17 +86,33 @@ def _backward(layers: Sequence[Layer], grad: Array, input_grad: bool) -> Array |
     return grad
 
 
-def _loss_and_gradients(layers: Sequence[Layer], x: Array, labels: Array, share: float) -> tuple[Array, Array]:
-    """Forward, fused softmax cross-entropy and backward of one (shard of a) batch.
+def _loss_and_gradients(
+    layers: Sequence[Layer], x: Array, labels: Array, share: float, rows: int | None
+) -> tuple[Array, Array]:
+    """Forward, fused softmax cross-entropy and backward of one (shard of a) batch, ``rows`` at a time.
 
-    ``share`` is the shard's fraction of the batch: the loss and its gradient are scaled by it, so shard
-    gradients add up to the whole batch's. Returns ``(share * mean loss, number correct)``, 0-d on device.
+    ``share`` is the shard's fraction of the batch: each chunk's loss and loss gradient are scaled by its
+    own fraction, so chunk and shard gradients add up to the whole batch's (left in ``layer.grads``).
+    Returns ``(share * mean loss, number correct)``, 0-d on the device.
     """
-    logits = _forward(layers, x, train=True)
-    loss, cache = softmax_cross_entropy_forward(logits, labels, check_targets=False)
-    _backward(layers, softmax_cross_entropy_backward(cache, share), input_grad=False)
-    xp = array_api_compat.array_namespace(logits)
-    return loss * share, xp.sum(xp.astype(xp.argmax(logits, axis=1) == labels, xp.int64))
+    n, total, grads = x.shape[0], None, None
+    for s in _chunks(n, rows):
+        part_share = share * (s.stop - s.start) / n
+        logits = _forward(layers, x[s], train=True)
+        loss, cache = softmax_cross_entropy_forward(logits, labels[s], check_targets=False)
+        _backward(layers, softmax_cross_entropy_backward(cache, part_share), input_grad=False)
+        xp = array_api_compat.array_namespace(logits)
+        part = (loss * part_share, xp.sum(xp.astype(xp.argmax(logits, axis=1) == labels[s], xp.int64)))
+        if grads is None:
+            total, grads = part, [layer.grads for layer in layers]
+            continue
+        total = (total[0] + part[0], total[1] + part[1])
+        for acc, layer in zip(grads, layers, strict=True):
+            for name, g in layer.grads.items():
+                acc[name] += g   # acc holds the first chunk's freshly computed arrays: safe to add into
+    for layer, acc in zip(layers, grads, strict=True):
+        layer.grads = acc
+    return total
 
 
 class Sequential:
@@ -114,6 +140,7 @@ class Sequential:
         self.dtype = params[0].dtype
         self.dtype_name = _dtype_name(self.xp, self.dtype)
         self._workers = data_parallel_workers(self.xp)
+        self._chunk_rows = cache_chunk_rows(self.xp)
         self._replica_stacks: list[list[Layer]] = []
         self._pool: ThreadPoolExecutor | None = None
 
@@ -166,12 +193,13 @@ class Sequential:
         """
         shards = self._shards(x.shape[0])
         if len(shards) == 1:
-            loss, correct = _loss_and_gradients(self.layers, x, labels, 1.0)
+            loss, correct = _loss_and_gradients(self.layers, x, labels, 1.0, self._chunk_rows)
         else:
             replicas = self._replicas(len(shards))
 
             def run(layers: list[Layer], s: slice) -> tuple[Array, Array]:
-                return _loss_and_gradients(layers, x[s], labels[s], (s.stop - s.start) / x.shape[0])
+                return _loss_and_gradients(layers, x[s], labels[s], (s.stop - s.start) / x.shape[0],
+                                           self._chunk_rows)
 
             with blas_threads(1):
                 parts = list(self._pool.map(run, replicas, shards))
@@ -211,14 +239,15 @@ class Sequential:
         return self.xp.concat(chunks, axis=0)
 
     def _predict_batch(self, x: Array) -> Array:
-        """Logits of one batch: a shard per worker, each forwarded in chunks of at most ``PREDICT_CHUNK``
-        rows so that no layer's unrolled patches outgrow the cache (or the memory) at large batches."""
+        """Logits of one batch: a shard per worker, each forwarded in chunks of
+        :func:`arraycnn.backend.cache_chunk_rows` rows, so no layer's unrolled patches outgrow the cache."""
         shards = self._shards(x.shape[0])
         if len(shards) == 1:
-            return _forward_in_chunks(self.layers, x)
+            return _forward_in_chunks(self.layers, x, self._chunk_rows)
         replicas = self._replicas(len(shards))
         with blas_threads(1):
-            parts = list(self._pool.map(lambda layers, s: _forward_in_chunks(layers, x[s]), replicas, shards))
+            parts = list(self._pool.map(lambda layers, s: _forward_in_chunks(layers, x[s], self._chunk_rows),
+                                        replicas, shards))
         return self.xp.concat(parts, axis=0)
 
     def evaluate(self, images: np.ndarray, labels: np.ndarray, batch_size: int = 1000) -> tuple[float, float]:
