@@ -76,7 +76,7 @@ def _chunks(n: int, rows: int | None) -> list[slice]:
 
 
 def _forward_in_chunks(layers: Sequence[Layer], x: Array, rows: int | None) -> Array:
-    parts = [_forward(layers, x[s], train=False) for s in _chunks(x.shape[0], rows)]
+    parts = [_forward(layers, x[s, ...], train=False) for s in _chunks(x.shape[0], rows)]
     return parts[0] if len(parts) == 1 else array_api_compat.array_namespace(x).concat(parts, axis=0)
 
 
@@ -98,7 +98,7 @@ def _loss_and_gradients(
     n, total, grads = x.shape[0], None, None
     for s in _chunks(n, rows):
         part_share = share * (s.stop - s.start) / n
-        logits = _forward(layers, x[s], train=True)
+        logits = _forward(layers, x[s, ...], train=True)
         loss, cache = softmax_cross_entropy_forward(logits, labels[s], check_targets=False)
         _backward(layers, softmax_cross_entropy_backward(cache, part_share), input_grad=False)
         xp = array_api_compat.array_namespace(logits)
@@ -198,7 +198,7 @@ class Sequential:
             replicas = self._replicas(len(shards))
 
             def run(layers: list[Layer], s: slice) -> tuple[Array, Array]:
-                return _loss_and_gradients(layers, x[s], labels[s], (s.stop - s.start) / x.shape[0],
+                return _loss_and_gradients(layers, x[s, ...], labels[s], (s.stop - s.start) / x.shape[0],
                                            self._chunk_rows)
 
             with blas_threads(1):
@@ -235,7 +235,7 @@ class Sequential:
             return self._predict_batch(x)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
-        chunks = [self._predict_batch(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+        chunks = [self._predict_batch(x[i:i + batch_size, ...]) for i in range(0, x.shape[0], batch_size)]
         return self.xp.concat(chunks, axis=0)
 
     def _predict_batch(self, x: Array) -> Array:
@@ -246,7 +246,7 @@ class Sequential:
             return _forward_in_chunks(self.layers, x, self._chunk_rows)
         replicas = self._replicas(len(shards))
         with blas_threads(1):
-            parts = list(self._pool.map(lambda layers, s: _forward_in_chunks(layers, x[s], self._chunk_rows),
+            parts = list(self._pool.map(lambda layers, s: _forward_in_chunks(layers, x[s, ...], self._chunk_rows),
                                         replicas, shards))
         return self.xp.concat(parts, axis=0)
 
