@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check of issue 5, in one go (every stage under `timeout`: 7 min 50 s at most). On a machine
 # with a CUDA device and no network:
-#   1. install the pure-Python wheels carried in .whl/ (array-api-compat, -extra, -strict) into /tmp/site;
+#   1. install the pure-Python wheels carried in .whl/ (array-api-compat, -extra, -strict, threadpoolctl)
+#      into /tmp/site;
 #   2. run the test suite with the cupy backend (tests/conftest.py adds cupy wherever a CUDA device is
 #      usable): first the cupy-parametrised tests, then the rest in the time left (oracle tests skip
 #      without TensorFlow);

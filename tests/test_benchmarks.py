@@ -13,11 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # benchmarks/ is a top-level package beside arraycnn/, not installed with it
-    sys.path.insert(0, str(ROOT))
+from benchmarks import accuracy, common, cpu, peers, profile_ops
 
-from benchmarks import accuracy, common, cpu, peers, profile_ops  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 LINUX_PROC = Path("/proc/self/status").exists()
 
