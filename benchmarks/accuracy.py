@@ -176,10 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 saved["runs"][key] = train_run(name, seed, d, args)
                 save_runs(args.results, saved)
     text = report(saved, args)
-    print("\n" + text)
-    if not args.no_write:
-        common.write_between_markers(args.docs, "accuracy-table", text)
-        print(f"\nwritten into {args.docs}")
+    common.publish(text, args.docs, "accuracy-table", args.no_write)
     return 0
 
 

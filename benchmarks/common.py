@@ -178,6 +178,14 @@ def markers(name: str) -> tuple[str, str]:
     return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
 
 
+def publish(text: str, docs: Path, marker: str, no_write: bool) -> None:
+    """Print a report and, unless ``no_write``, put it between ``marker``'s comments in ``docs``."""
+    print("\n" + text)
+    if not no_write:
+        write_between_markers(docs, marker, text)
+        print(f"\nwritten into {docs}")
+
+
 def write_between_markers(path: Path, name: str, content: str) -> None:
     """Replace the text between ``<!-- name:start -->`` and ``<!-- name:end -->`` in ``path``.
 

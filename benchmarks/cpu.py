@@ -374,10 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(RESULT_PREFIX + json.dumps(result), flush=True)
         return 0
     text = run(args)
-    print("\n" + text)
-    if not args.no_write:
-        common.write_between_markers(args.docs, "cpu-table", text)
-        print(f"\nwritten into {args.docs}")
+    common.publish(text, args.docs, "cpu-table", args.no_write)
     return 0
 
 

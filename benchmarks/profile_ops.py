@@ -170,10 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"profiling batch {bs} ...", flush=True)
         results[bs] = profile(bs, args, d)
     text = report(results, args, d.description, others.describe())
-    print("\n" + text)
-    if not args.no_write:
-        common.write_between_markers(args.docs, "profile-table", text)
-        print(f"\nwritten into {args.docs}")
+    common.publish(text, args.docs, "profile-table", args.no_write)
     return 0
 
 
