@@ -39,6 +39,7 @@ __all__ = [
     "plot_filters",
     "plot_history",
     "plot_misclassified",
+    "plot_reconstructions",
     "save_training_plots",
 ]
 
@@ -338,3 +339,35 @@ def save_training_plots(model: Any, history: Sequence[Mapping[str, Any]] | None,
     paths["confusion_matrix"] = plot_confusion_matrix(test_labels, logits.argmax(axis=1), out / "confusion_matrix.png")
     paths["misclassified"] = plot_misclassified(test_images, test_labels, logits, out / "misclassified.png")
     return paths
+
+
+# --------------------------------------------------------------------------- autoencoders
+
+
+def plot_reconstructions(images: Any, reconstructions: Any, path: PathLike,
+                         figsize: tuple[float, float] | None = None) -> Path:
+    """Images (top row) above an autoencoder's reconstructions of them (bottom row), one column per image.
+
+    ``images`` and ``reconstructions``: ``(N, H, W)`` or ``(N, H, W, 1)``, uint8 0..255 or floats in
+    ``[0, 1]``, any backend. Each column is titled with that image's squared error, mean over its pixels.
+    Default ``figsize``: ``(1.2·N + 0.4, 3)``.
+    """
+    images = _as_images(images, "images")
+    recon = _as_images(reconstructions, "reconstructions")
+    if recon.shape != images.shape or len(images) == 0:
+        raise ValueError(f"reconstructions must match images' non-empty shape {images.shape}, got {recon.shape}")
+    n = len(images)
+    errors = ((images - recon) ** 2).reshape(n, -1).mean(axis=1)
+    fig = _figure(figsize or (1.2 * n + 0.4, 3))
+    for row, (name, pictures) in enumerate((("input", images), ("output", recon))):
+        for i in range(n):
+            ax = fig.add_subplot(2, n, row * n + i + 1)
+            ax.imshow(pictures[i], cmap="gray_r", vmin=0.0, vmax=1.0)
+            _hide_ticks(ax)
+            if row == 1:
+                ax.set_title(f"{errors[i]:.4f}", fontsize=8)
+            if i == 0:
+                ax.set_ylabel(name, fontsize=9)
+    fig.suptitle(f"test images (top) and their reconstructions (bottom, titled with their MSE); "
+                 f"mean {errors.mean():.4f}", fontsize=9)
+    return _save(fig, path)

@@ -131,3 +131,12 @@ def test_bad_input(tmp_path, model, images, labels):
         plot.plot_history(HISTORY, tmp_path / "x.png", figsize=(0, 3))
     with pytest.raises(ValueError, match="image must be"):
         plot.plot_feature_maps(model, np.zeros(5), tmp_path / "x.png")
+
+
+def test_plot_reconstructions(tmp_path, images):
+    recon = images[:5].astype(np.float32) / 255.0 * 0.5  # floats in [0, 1] beside uint8 originals
+    path = plot.plot_reconstructions(images[:5], recon, tmp_path / "r.png", figsize=(6, 3))
+    assert_png(path, (6, 3))
+    assert_png(plot.plot_reconstructions(images[:3, ..., 0], recon[:3], tmp_path / "default.png"), (1.2 * 3 + 0.4, 3))
+    with pytest.raises(ValueError, match="reconstructions must match images"):
+        plot.plot_reconstructions(images[:5], recon[:4], tmp_path / "x.png")
