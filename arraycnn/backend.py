@@ -193,3 +193,45 @@ def blas_threads(n: int) -> Iterator[None]:
     """Limit NumPy's BLAS to ``n`` threads inside the block (the batch-split workers are the parallelism)."""
     with _blas_controller().limit(limits=n, user_api="blas"):
         yield
+
+
+# ---------------------------------------------------------------- device randomness (dropout masks)
+
+
+def _philox(seed: int, counter: int) -> np.random.Generator:
+    """NumPy's counter-based Philox keyed by the two 64-bit words ``(seed, counter)``: distinct keys are
+    independent streams (a counter in Philox's *counter* instead would make neighbouring calls overlap)."""
+    return np.random.Generator(np.random.Philox(key=np.array([seed, counter], dtype=np.uint64)))
+
+
+def random_uniform(shape: tuple[int, ...], seed: int, counter: int, *, like: Array) -> Array:
+    """Uniform numbers in ``[0, 1)`` of ``shape``, in ``like``'s dtype, namespace and device, from the key
+    ``(seed, counter)`` (each in ``[0, 2**64)``): the same key and shape give the same numbers on every call
+    and after a resume; a new ``counter`` gives a fresh, independent draw.
+
+    * NumPy: Philox keyed by ``(seed, counter)``.
+    * CuPy and PyTorch: the library's own generator, drawn ON the array's device, seeded with a 64-bit hash
+      of ``(seed, counter)`` (``np.random.SeedSequence``); no host-to-device copy.
+    * Any other library (array-api-strict, which has no random numbers): the documented fallback draws with
+      NumPy's Philox on the host and copies the numbers to ``like``'s device, one transfer of ``shape`` per call.
+
+    The numbers differ between those three families, never between two calls of one.
+    """
+    xp = array_api_compat.array_namespace(like)
+    name, dtype, device = backend_name(xp), like.dtype, array_api_compat.device(like)
+    if name == "numpy":
+        return _philox(seed, counter).random(shape, dtype=dtype)
+    if name in ("cupy", "torch"):
+        hashed = int(np.random.SeedSequence([seed, counter]).generate_state(1, np.uint64)[0])
+        if name == "cupy":
+            import cupy
+
+            with device:
+                return cupy.random.default_rng(hashed).random(shape, dtype=dtype)
+        import torch
+
+        generator = torch.Generator(device=device)
+        generator.manual_seed(hashed)
+        return torch.rand(shape, generator=generator, dtype=dtype, device=device)
+    host = _philox(seed, counter).random(shape)
+    return xp.astype(xp.asarray(host, device=device), dtype)

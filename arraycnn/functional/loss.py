@@ -96,3 +96,33 @@ def cross_entropy(probs: Array, targets: Array, eps: float = 1e-7) -> Array:
     # --8<-- [start:cross_entropy]
     return -xp.sum(y * xp.log(xp.clip(probs, eps, 1.0 - eps))) / n
     # --8<-- [end:cross_entropy]
+
+
+@dataclass(frozen=True)
+class MSECache:
+    """The residual ``pred - target`` (the prediction's shape)."""
+
+    diff: Array
+
+
+def mean_squared_error_forward(pred: Array, target: Array) -> tuple[Array, MSECache]:
+    """``L = mean((pred - target)²)`` over EVERY element of ``pred`` (any shape) as a 0-d array; ``target`` has
+    ``pred``'s shape and a floating dtype (cast to ``pred``'s)."""
+    xp = namespace_of(pred=pred, target=target)
+    check_float(pred, "pred", xp)
+    check_float(target, "target", xp)
+    if tuple(target.shape) != tuple(pred.shape):
+        raise ValueError(f"target must have the prediction's shape {tuple(pred.shape)}, got {tuple(target.shape)}")
+    if pred.size == 0:
+        raise ValueError(f"pred must hold at least one element, got shape {tuple(pred.shape)}")
+    # --8<-- [start:mse_forward]
+    diff = pred - xp.astype(target, pred.dtype)
+    return xp.sum(diff * diff) / diff.size, MSECache(diff)
+    # --8<-- [end:mse_forward]
+
+
+def mean_squared_error_backward(dloss: Any, cache: MSECache) -> Array:
+    """``dpred = dloss · 2 (pred - target) / size``, ``dloss`` the upstream scalar (1 for the loss itself)."""
+    # --8<-- [start:mse_backward]
+    return cache.diff * (2.0 * dloss / cache.diff.size)
+    # --8<-- [end:mse_backward]
