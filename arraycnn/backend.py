@@ -10,16 +10,17 @@ Rules kept here:
   device once, so every backend starts from identical numbers;
 * host data crosses to the device in :func:`to_device` and comes back in
   :func:`to_numpy`; nothing else transfers;
-* float32 is the default dtype, float64 is used when asked for.
+* float32 is the default dtype, float64 is used when asked for;
+* a device is named the way its library names it (:func:`resolve_device`) and every array of a model
+  lives on it.
+
+How a step is carried out (threads, chunks, ranks) is not this module's business: see
+:mod:`arraycnn.execution`.
 """
 
 from __future__ import annotations
 
 import importlib
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
-from functools import cache
 from types import ModuleType
 from typing import Any
 
@@ -117,9 +118,58 @@ def resolve_dtype(xp: ModuleType, dtype: str | Any = DEFAULT_DTYPE) -> Any:
     raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
 
 
-def to_device(host: np.ndarray, xp: ModuleType, dtype: Any = None) -> Array:
-    """Move a host NumPy array to ``xp``'s default device (one transfer), optionally casting."""
-    out = xp.asarray(np.ascontiguousarray(host))
+def resolve_device(xp: ModuleType, device: Any = None) -> Any:
+    """A user's device name -> ``xp``'s device object (None: the library's default device).
+
+    CuPy takes a device id (``0``, ``"1"``, ``"cuda:1"``); PyTorch a device string (``"cpu"``,
+    ``"cuda:1"``); array-api-strict a device name (``"CPU_DEVICE"``, ``"device1"``); NumPy only
+    ``"cpu"``. A device object of the library itself is returned as it is.
+    """
+    if device is None:
+        return None
+    name = backend_name(xp)
+    if name == "cupy":
+        import cupy
+
+        if isinstance(device, cupy.cuda.Device):
+            return device
+        text = str(device).removeprefix("cuda:")
+        if isinstance(device, bool) or not text.isdigit():
+            raise ValueError(f"device for cupy must be a CUDA device id such as 0 or 'cuda:1', got {device!r}")
+        count = cupy.cuda.runtime.getDeviceCount()
+        if int(text) >= count:
+            raise ValueError(f"device {device!r} does not exist: this machine has {count} CUDA device(s)")
+        return cupy.cuda.Device(int(text))
+    if name == "numpy":
+        if device != "cpu" and type(device).__name__ != "_CPUDevice":  # NumPy 2's device object is "cpu"
+            raise ValueError(f"device for numpy must be 'cpu', got {device!r}")
+        return "cpu"
+    if name == "torch":
+        import torch
+
+        try:
+            return torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device for torch must be a torch device string such as 'cpu' or 'cuda:1', "
+                             f"got {device!r}") from None
+    if name == "array_api_strict":
+        import array_api_strict
+
+        if isinstance(device, array_api_strict.Device):
+            return device
+        try:
+            return array_api_strict.Device(str(device))
+        except ValueError:
+            raise ValueError(f"device for array_api_strict must be one of "
+                             f"{[str(d) for d in xp.__array_namespace_info__().devices()]}, "
+                             f"got {device!r}") from None
+    return device
+
+
+def to_device(host: np.ndarray, xp: ModuleType, dtype: Any = None, device: Any = None) -> Array:
+    """Move a host NumPy array to ``device`` of ``xp`` (its default when None): one transfer, optionally casting."""
+    host = np.ascontiguousarray(host)
+    out = xp.asarray(host) if device is None else xp.asarray(host, device=device)
     if dtype is not None:
         out = xp.astype(out, resolve_dtype(xp, dtype))
     return out
@@ -147,52 +197,11 @@ def host_rng(seed: int | np.random.Generator) -> np.random.Generator:
 
 
 def random_normal(
-    rng: np.random.Generator, shape: tuple[int, ...], std: float, xp: ModuleType, dtype: Any = DEFAULT_DTYPE
+    rng: np.random.Generator, shape: tuple[int, ...], std: float, xp: ModuleType, dtype: Any = DEFAULT_DTYPE,
+    device: Any = None,
 ) -> Array:
-    """``std * N(0, 1)`` drawn on the host in float64 and moved once to ``xp``: identical on every backend."""
-    return to_device(rng.standard_normal(shape) * std, xp, dtype)
-
-
-MAX_WORKERS = 4
-
-
-def data_parallel_workers(xp: ModuleType) -> int:
-    """How many threads a training step may split its batch over.
-
-    NumPy runs each element-wise pass on one core (and releases the GIL while it does), so on NumPy the
-    batch is split over the CPU cores (at most ``MAX_WORKERS``; ``ARRAYCNN_THREADS`` overrides). A GPU or
-    another library already parallelises inside each op: 1.
-    """
-    if backend_name(xp) != "numpy":
-        return 1
-    env = os.environ.get("ARRAYCNN_THREADS")
-    if env:
-        if not env.isdigit() or int(env) < 1:
-            raise ValueError(f"ARRAYCNN_THREADS must be a positive integer, got {env!r}")
-        return int(env)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(cores, MAX_WORKERS))
-
-
-def cache_chunk_rows(xp: ModuleType) -> int | None:
-    """Rows a NumPy pass works on at a time: beyond ~32 images a layer's unrolled patches (32 x 484 x 90
-    floats in the tutorial's second convolution) fall out of the CPU caches and each image costs 3-4x more
-    (measured in docs/benchmarks.md). A GPU wants the whole batch: None."""
-    return 32 if backend_name(xp) == "numpy" else None
-
-
-@cache
-def _blas_controller() -> Any:
-    from threadpoolctl import ThreadpoolController
-
-    return ThreadpoolController()
-
-
-@contextmanager
-def blas_threads(n: int) -> Iterator[None]:
-    """Limit NumPy's BLAS to ``n`` threads inside the block (the batch-split workers are the parallelism)."""
-    with _blas_controller().limit(limits=n, user_api="blas"):
-        yield
+    """``std * N(0, 1)`` drawn on the host in float64 and moved once to ``device``: identical on every backend."""
+    return to_device(rng.standard_normal(shape) * std, xp, dtype, device)
 
 
 # ---------------------------------------------------------------- device randomness (dropout masks)

@@ -4,6 +4,7 @@ Layout of a checkpoint (``np.load(path, allow_pickle=False)`` reads it)::
 
     meta            0-d unicode array: JSON {"format": "arraycnn-checkpoint", "version": 1, ...}
     param/<name>    the model's parameters, e.g. param/0.w, param/0.b (see Sequential.named_parameters)
+    state/<name>    the layers' non-trained state, e.g. state/1.running_mean (see Layer.state)
     optim/<key>     the optimizer's state_dict, e.g. optim/t, optim/m.0 (training checkpoints)
 
 :func:`write_npz` writes atomically: a temporary file in the same directory, flushed and fsync'ed, then
@@ -29,8 +30,13 @@ import numpy as np
 FORMAT = "arraycnn-checkpoint"
 VERSION = 1
 META_KEY = "meta"
+PARAM_PREFIX = "param/"
+STATE_PREFIX = "state/"
+OPTIM_PREFIX = "optim/"
 
-__all__ = ["FORMAT", "META_KEY", "VERSION", "read_npz", "write_npz"]
+__all__ = [
+    "FORMAT", "META_KEY", "OPTIM_PREFIX", "PARAM_PREFIX", "STATE_PREFIX", "VERSION", "read_npz", "write_npz",
+]
 
 
 def write_npz(path: str | os.PathLike, arrays: Mapping[str, Any], meta: Mapping[str, Any]) -> Path:

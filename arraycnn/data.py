@@ -577,8 +577,10 @@ def _check_namespace(xp: Any) -> None:
         raise TypeError(f"xp must be an Array API namespace (arraycnn.backend.get_namespace(...)), got {xp!r}")
 
 
-def to_float_images(batch_uint8: np.ndarray, xp: ModuleType, dtype: str | Any = "float32") -> Array:
-    """Host uint8 images (any shape, e.g. ``(B, 28, 28, 1)``) -> ``xp`` floats in ``[0, 1]``.
+def to_float_images(
+    batch_uint8: np.ndarray, xp: ModuleType, dtype: str | Any = "float32", device: Any = None
+) -> Array:
+    """Host uint8 images (any shape, e.g. ``(B, 28, 28, 1)``) -> ``xp`` floats in ``[0, 1]`` on ``device``.
 
     One host-to-device transfer of the uint8 data (4x smaller than floats); cast and ``/ 255`` run
     on the device.
@@ -587,14 +589,14 @@ def to_float_images(batch_uint8: np.ndarray, xp: ModuleType, dtype: str | Any = 
         raise TypeError(f"batch_uint8 must be a uint8 NumPy array (0..255), got {_describe(batch_uint8)}")
     _check_namespace(xp)
     float_dtype = resolve_dtype(xp, dtype)
-    return xp.astype(to_device(batch_uint8, xp), float_dtype) / 255.0
+    return xp.astype(to_device(batch_uint8, xp, device=device), float_dtype) / 255.0
 
 
-def to_labels(labels: np.ndarray, xp: ModuleType) -> Array:
-    """Host integer labels ``(B,)`` -> an ``xp.int64`` array ``(B,)`` (one transfer)."""
+def to_labels(labels: np.ndarray, xp: ModuleType, device: Any = None) -> Array:
+    """Host integer labels ``(B,)`` -> an ``xp.int64`` array ``(B,)`` on ``device`` (one transfer)."""
     if not isinstance(labels, np.ndarray) or labels.ndim != 1:
         raise ValueError(f"labels must be a 1-D NumPy array (B,), got {_describe(labels)}")
     if labels.dtype.kind not in "iu":
         raise TypeError(f"labels must have an integer dtype, got {labels.dtype}")
     _check_namespace(xp)
-    return to_device(labels.astype(np.int64, copy=False), xp)
+    return to_device(labels.astype(np.int64, copy=False), xp, device=device)

@@ -27,11 +27,11 @@ from typing import Any
 import numpy as np
 
 from . import data
+from ._checks import check_int
 from .backend import to_numpy
-from .checkpoint import read_npz, write_npz
+from .checkpoint import OPTIM_PREFIX, read_npz, write_npz
 from .model import Sequential
 
-OPTIM_PREFIX = "optim/"
 TRAINING_KEYS = ("epoch", "seed", "history", "optimizer")
 TQDM_REFRESH = 10  # batches between loss read-backs on a terminal progress bar
 PLAIN_LINES = 4  # progress lines per epoch when stdout is not a terminal
@@ -197,14 +197,6 @@ class _Plan:
     progress: bool
 
 
-def _check_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
 def _diverged(value: float, epoch: int, plan: _Plan, where: str) -> TrainingDivergedError:
     return TrainingDivergedError(
         f"training diverged: the mean train loss is {value} in epoch {epoch}/{plan.epochs} ({where}); "
@@ -219,12 +211,13 @@ def _run_epoch(model: Sequential, dataset: data.Dataset, optimizer: Any, epoch: 
     batches = data.epoch_batches(dataset.train_images, dataset.train_labels, plan.batch_size, plan.seed,
                                  epoch, augment=plan.augment)
     progress = _Progress(f"epoch {epoch + 1}/{plan.epochs}", total, plan.progress, log)
-    loss_sum, correct, seen = xp.zeros((), dtype=model.dtype), xp.zeros((), dtype=xp.int64), 0
+    loss_sum = xp.zeros((), dtype=model.dtype, device=model.device)
+    correct, seen = xp.zeros((), dtype=xp.int64, device=model.device), 0
     start = time.perf_counter()
     try:
         for i, (images, labels) in enumerate(batches, 1):
-            x, y = data.to_float_images(images, xp, model.dtype), data.to_labels(labels, xp)
-            loss, right = model.train_step_stats(x, y, optimizer)
+            x, y = model.to_device_inputs(images), model.to_device_targets(labels)
+            loss, right = model.execution.train_step(model, x, y, optimizer)
             loss_sum, correct, seen = loss_sum + loss * len(labels), correct + right, seen + len(labels)
             progress.advance()
             if progress.due(i):
@@ -276,9 +269,9 @@ def fit(
     Raises :class:`TrainingDivergedError` when the loss becomes NaN/inf (the checkpoint keeps the last good
     epoch) and re-raises ``KeyboardInterrupt`` after saving the last completed epoch.
     """
-    plan = _Plan(_check_int(epochs, "epochs", 0), _check_int(batch_size, "batch_size", 1),
-                 _check_int(seed, "seed", 0), bool(augment), bool(progress))
-    start_epoch = _check_int(start_epoch, "start_epoch", 0)
+    plan = _Plan(check_int(epochs, "epochs", 0), check_int(batch_size, "batch_size", 1),
+                 check_int(seed, "seed", 0), bool(augment), bool(progress))
+    start_epoch = check_int(start_epoch, "start_epoch", 0)
     history = list(history or [])
     if len(dataset.train_labels) == 0:
         raise ValueError("dataset must hold at least one training example")

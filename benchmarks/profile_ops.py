@@ -78,7 +78,7 @@ def step_pieces(model, optimizer, x, labels) -> dict[str, float]:
     _, cache = softmax_cross_entropy_forward(h, labels, check_targets=False)
     times["softmax cross-entropy forward"] = clock() - t
     t = clock()
-    dh = softmax_cross_entropy_backward(cache)
+    dh = softmax_cross_entropy_backward(1.0, cache)
     times["softmax cross-entropy backward"] = clock() - t
     for i in reversed(range(len(model.layers))):
         t = clock()

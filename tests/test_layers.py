@@ -117,7 +117,7 @@ def test_same_seed_same_weights_on_every_backend(xp):
 
 def test_config_describes_the_layer():
     assert Conv2D(1, 10, 3).config() == {"type": "Conv2D", "in_channels": 1, "filters": 10, "kernel_size": [3, 3],
-                                         "stride": [1, 1], "padding": [0, 0]}
+                                         "stride": [1, 1], "padding": [0, 0], "method": "im2col"}
     assert Dense(4000, 50).config() == {"type": "Dense", "in_features": 4000, "units": 50}
     assert MaxPool2D(3, stride=1).config()["stride"] == [1, 1]
     assert AvgPool2D(2).config() == {"type": "AvgPool2D", "size": [2, 2], "stride": [2, 2], "padding": [0, 0],

@@ -33,10 +33,6 @@ def away_from_zero(seed, shape):
     return np.where(x >= 0, x + 0.05, x - 0.05)
 
 
-def ce_backward(dloss, cache):
-    return softmax_cross_entropy_backward(cache, dloss)
-
-
 # ------------------------------------------------------------------ ReLU
 @given(shape=shapes, seed=seeds)
 def test_relu_matches_tensorflow(xp, dtype, shape, seed):
@@ -46,6 +42,14 @@ def test_relu_matches_tensorflow(xp, dtype, shape, seed):
     y, mask = relu_forward(to_xp(xp, x, dtype))
     TOLERANCES[dtype].assert_close(y, y_ref, "y")
     TOLERANCES[dtype].assert_close(relu_backward(to_xp(xp, dy, dtype), mask), dx_ref, "dx")
+
+
+def test_relu_prediction_keeps_no_mask(xp):
+    x = to_xp(xp, np.array([-1.0, 0.0, 2.0]), "float32")
+    y, mask = relu_forward(x)
+    y_pred, none = relu_forward(x, keep_cache=False)
+    assert mask is not None and none is None
+    np.testing.assert_array_equal(backend.to_numpy(y_pred), backend.to_numpy(y))
 
 
 def test_relu_gradient_at_zero_is_zero(xp):
@@ -143,7 +147,7 @@ def test_softmax_cross_entropy_matches_tensorflow(xp, dtype, as_rows, shape, see
     loss_ref, (dz_ref,) = oracle.softmax_cross_entropy(z, onehot, dloss)
     targets = to_xp(xp, onehot, dtype) if as_rows else xp.asarray(ids)
     loss, cache = softmax_cross_entropy_forward(to_xp(xp, z, dtype), targets)
-    dz = softmax_cross_entropy_backward(cache, dloss)
+    dz = softmax_cross_entropy_backward(dloss, cache)
     assert np.isfinite(backend.to_numpy(loss)) and np.all(np.isfinite(backend.to_numpy(dz)))
     # the loss scales with the logits (up to 1e4): compare relative to that scale
     tol = TOLERANCES[dtype]
@@ -159,7 +163,7 @@ def test_softmax_cross_entropy_numeric_gradient(xp, shape, seed):
     soft_targets = np.random.default_rng(seed + 1).dirichlet(np.ones(k), size=n)
     ids = np.random.default_rng(seed + 2).integers(0, k, size=n)
     for targets in (xp.asarray(ids), to_xp(xp, soft_targets, "float64")):
-        arraycnn.gradcheck(softmax_cross_entropy_forward, ce_backward,
+        arraycnn.gradcheck(softmax_cross_entropy_forward, softmax_cross_entropy_backward,
                            {"logits": to_xp(xp, z, "float64"), "targets": targets})
 
 
@@ -173,7 +177,7 @@ def test_cross_entropy_of_one_hot_is_minus_log_p_target(xp, shape, seed):
     p /= p.sum(axis=1, keepdims=True)
     expected = -np.mean(np.log(p[np.arange(n), ids]))
     assert abs(float(backend.to_numpy(loss)) - expected) <= 1e-12 * max(1.0, expected)
-    dz = backend.to_numpy(softmax_cross_entropy_backward(cache))
+    dz = backend.to_numpy(softmax_cross_entropy_backward(1.0, cache))
     np.testing.assert_allclose(dz, (p - np.eye(k)[ids]) / n, rtol=1e-12, atol=1e-15)
     # the tutorial's loss on probabilities agrees (its clip only touches p < 1e-7)
     tutorial = float(backend.to_numpy(cross_entropy(to_xp(xp, p, "float64"), xp.asarray(ids))))
@@ -184,7 +188,7 @@ def test_huge_logits_stay_finite(xp, dtype):
     z = to_xp(xp, np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, -1e4], [0.0, 1e4, 1e4]]), dtype)
     loss, cache = softmax_cross_entropy_forward(z, xp.asarray(np.array([1, 0, 2])))
     assert abs(float(backend.to_numpy(loss)) - (2e4 + np.log(3) + np.log(2)) / 3) <= 1e-3
-    assert np.all(np.isfinite(backend.to_numpy(softmax_cross_entropy_backward(cache))))
+    assert np.all(np.isfinite(backend.to_numpy(softmax_cross_entropy_backward(1.0, cache))))
     assert np.all(np.isfinite(backend.to_numpy(log_softmax(z))))
 
 
@@ -202,8 +206,8 @@ def test_softmax_cross_entropy_backward_does_not_modify_its_cache(xp):
     z = to_xp(xp, random_array(0, (4, 5)), "float64")
     _, cache = softmax_cross_entropy_forward(z, xp.asarray(np.array([0, 1, 2, 3])))
     p_before = backend.to_numpy(cache.p).copy()
-    g1 = backend.to_numpy(softmax_cross_entropy_backward(cache))
-    g2 = backend.to_numpy(softmax_cross_entropy_backward(cache))
+    g1 = backend.to_numpy(softmax_cross_entropy_backward(1.0, cache))
+    g2 = backend.to_numpy(softmax_cross_entropy_backward(1.0, cache))
     np.testing.assert_array_equal(backend.to_numpy(cache.p), p_before)
     np.testing.assert_array_equal(g1, g2)
 
@@ -231,4 +235,4 @@ def test_softmax_cross_entropy_gradient_is_exact_for_rows_not_summing_to_one(xp)
     """Weighted targets (rows summing to 0.3 or 2.5): the gradient is (p Σy - y) / N, checked numerically."""
     z = to_xp(xp, random_array(4, (2, 3)), "float64")
     weights = to_xp(xp, np.array([[0.1, 0.2, 0.0], [1.0, 0.5, 1.0]]), "float64")
-    arraycnn.gradcheck(softmax_cross_entropy_forward, ce_backward, {"logits": z, "targets": weights})
+    arraycnn.gradcheck(softmax_cross_entropy_forward, softmax_cross_entropy_backward, {"logits": z, "targets": weights})

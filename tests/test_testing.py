@@ -141,8 +141,8 @@ def test_last_max_routing_is_invisible_without_ties():
 
 
 def test_catches_softmax_ce_that_ignores_dloss():
-    def backward(cache, dloss):
-        return F.softmax_cross_entropy_backward(cache)
+    def backward(dloss, cache):
+        return F.softmax_cross_entropy_backward(1.0, cache)
 
     with pytest.raises(EngineMismatchError, match=r"dloss=.*\n  dlogits: "):
         assert_matches_engine(F.softmax_cross_entropy_forward, backward, "softmax_cross_entropy", max_examples=20,

@@ -125,7 +125,7 @@ def test_ctrl_c_saves_the_last_completed_epoch_and_resumes_exactly(tiny, tmp_pat
     _, _, straight = run(tiny, 2)
     model, opt = tutorial_cnn(), Adam()
     calls = {"n": 0}
-    real_step = model.train_step_stats
+    real_step = model.execution.train_step
 
     def step_then_interrupt(*args):
         calls["n"] += 1
@@ -133,7 +133,7 @@ def test_ctrl_c_saves_the_last_completed_epoch_and_resumes_exactly(tiny, tmp_pat
             raise KeyboardInterrupt
         return real_step(*args)
 
-    monkeypatch.setattr(model, "train_step_stats", step_then_interrupt)
+    monkeypatch.setattr(model.execution, "train_step", step_then_interrupt)
     lines, ck = [], tmp_path / "interrupted.npz"
     with pytest.raises(KeyboardInterrupt):
         fit(model, tiny, opt, epochs=2, batch_size=BATCH, seed=0, augment=True, interrupt_path=ck, progress=False,
@@ -150,7 +150,7 @@ def test_ctrl_c_saves_the_last_completed_epoch_and_resumes_exactly(tiny, tmp_pat
 def test_ctrl_c_in_the_first_epoch_saves_the_starting_state(tiny, tmp_path, monkeypatch):
     model, opt = tutorial_cnn(), Adam()
     start = [p.copy() for p in model.parameters()]
-    monkeypatch.setattr(model, "train_step_stats", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr(model.execution, "train_step", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         fit(model, tiny, opt, epochs=2, batch_size=BATCH, seed=0, checkpoint_path=tmp_path / "c.npz",
             progress=False, log=lambda line: None)

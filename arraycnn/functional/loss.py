@@ -73,12 +73,15 @@ def softmax_cross_entropy_forward(
     # --8<-- [end:forward]
 
 
-def softmax_cross_entropy_backward(cache: SoftmaxCECache, dloss: Any = 1.0) -> Array:
-    """``dlogits (N, K) = dloss · (p · Σ_k y - y) / N``, which is ``dloss · (p - y) / N`` for rows summing to 1."""
+def softmax_cross_entropy_backward(dout: Any, cache: SoftmaxCECache) -> Array:
+    """``dlogits (N, K) = dout · (p · Σ_k y - y) / N``, which is ``dout · (p - y) / N`` for rows summing to 1.
+
+    ``dout`` is the upstream gradient of the 0-d mean loss (a number or a 0-d array; 1 for the loss itself).
+    """
     xp = array_api_compat.array_namespace(cache.p)
     # --8<-- [start:backward]
     row_mass = xp.sum(cache.y, axis=1, keepdims=True)   # 1 for class ids and probability rows
-    return (cache.p * row_mass - cache.y) * (dloss / cache.p.shape[0])
+    return (cache.p * row_mass - cache.y) * (dout / cache.p.shape[0])
     # --8<-- [end:backward]
 
 
