@@ -1,0 +1,87 @@
+"""Scenarios run by tests/test_distributed.py on every rank: ``mpiexec -n P python -m mpi4py mpi_worker.py NAME``.
+
+Each prints ``rank R: ...`` lines the test reads; a failed check raises, which ends the job non-zero.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+
+from arraycnn.backend import get_namespace, resolve_device, to_device, to_numpy
+from arraycnn.distributed import get_communicator
+
+
+def say(rank: int, text: str) -> None:
+    """One line in ONE write, so mpiexec never interleaves two ranks' lines."""
+    os.write(1, f"rank {rank}: {text}\n".encode())
+
+
+def collectives(backend: str = "numpy", device: str | None = None) -> None:
+    """Sums, broadcasts and scalars against their closed forms; the fused buffer writes back in place
+    (on ``device`` of ``backend``: array-api-strict's ``device1`` stands in for a GPU without NCCL)."""
+    xp = get_namespace(backend)
+    device = resolve_device(xp, device)
+    comm = get_communicator(True, xp)
+    r, p = comm.rank, comm.size
+    shapes = [(3, 2), (), (5,), (1, 4, 1)]
+    arrays = [xp.asarray(to_device(np.full(s, r + 1.0) + np.arange(int(np.prod(s))).reshape(s), xp, "float64", device))
+              for s in shapes]
+    arrays[1] = xp.reshape(arrays[1], ())  # to_device gives 0-d host arrays one axis
+    ids = [id(a) for a in arrays]
+    assert all(a.device == arrays[0].device for a in arrays) and (device is None or arrays[0].device == device)
+    comm.allreduce_sum(arrays)
+    assert [id(a) for a in arrays] == ids
+    assert all(a.device == arrays[0].device for a in arrays) and (device is None or arrays[0].device == device)
+    for s, a in zip(shapes, arrays, strict=True):
+        expected = p * (p + 1) / 2 + p * np.arange(int(np.prod(s))).reshape(s)
+        np.testing.assert_array_equal(to_numpy(a), expected)
+    root = p - 1
+    mine = [to_device(np.full((2, 3), float(r)), xp, "float32", device),
+            xp.reshape(to_device(np.asarray([r * 10.0]), xp, "float32", device), ())]
+    comm.broadcast(mine, root=root)
+    np.testing.assert_array_equal(to_numpy(mine[0]), np.full((2, 3), float(root)))
+    assert float(to_numpy(mine[1])) == root * 10.0
+    assert comm.allreduce_scalars([1, r, 0.5]) == [p, p * (p - 1) / 2, 0.5 * p]
+    assert comm.broadcast_scalars([r, -r], root=root) == [root, -root]
+    assert comm.any(r == p - 1) and not comm.any(False)
+    assert 0 <= comm.local_rank < comm.local_size <= p
+    say(r, f"ok {type(comm).__name__} size {p} local {comm.local_rank}/{comm.local_size}")
+
+
+def fail() -> None:
+    """The last rank raises while the others wait in a collective that can never complete."""
+    comm = get_communicator(True)
+    say(comm.rank, "started")
+    comm.barrier()
+    if comm.rank == comm.size - 1:
+        raise RuntimeError("rank failure on purpose")
+    comm.allreduce_sum([np.zeros(4)])
+    time.sleep(60)  # never reached when the job is aborted
+    say(comm.rank, "still running")
+
+
+def interrupt() -> None:
+    """Rank 1 alone gets SIGINT before step 3: every rank must stop after the same step, together."""
+    comm = get_communicator(True)
+    grads = [np.ones(8)]
+    step = 0
+    with comm.deferred_interrupts():
+        while step < 50:
+            step += 1
+            if comm.rank == 1 and step == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)  # the handler runs at the next bytecode boundary
+            comm.allreduce_sum(grads)
+            grads[0][...] = 1.0
+            if comm.stop_requested():
+                break
+    say(comm.rank, f"stopped after step {step}")
+
+
+if __name__ == "__main__":
+    globals()[sys.argv[1]](*sys.argv[2:])
