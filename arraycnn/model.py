@@ -30,7 +30,12 @@ from ._checks import check_int
 from .backend import Array, backend_name, to_device, to_numpy
 from .checkpoint import PARAM_PREFIX, STATE_PREFIX, read_npz, write_npz
 from .execution import Execution, default_execution
-from .functional import softmax_cross_entropy_backward, softmax_cross_entropy_forward
+from .functional import (
+    mean_squared_error_backward,
+    mean_squared_error_forward,
+    softmax_cross_entropy_backward,
+    softmax_cross_entropy_forward,
+)
 from .layers import Layer
 
 __all__ = ["LOSSES", "Checkpoint", "Loss", "Sequential"]
@@ -68,6 +73,8 @@ LOSSES = {
     "softmax_cross_entropy": Loss("softmax_cross_entropy",
                                   functools.partial(softmax_cross_entropy_forward, check_targets=False),
                                   softmax_cross_entropy_backward, classifies=True),
+    "mean_squared_error": Loss("mean_squared_error", mean_squared_error_forward, mean_squared_error_backward,
+                               classifies=False),
 }
 
 
