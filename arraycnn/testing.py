@@ -19,7 +19,7 @@ contract of the engine's pair for ``op`` (your cache may hold anything you like)
 * ``"dense"``: ``my_forward(x, w, b)`` with ``x (N, D)``, ``w (K, D)`` or the tutorial's ``x (N, H, W, C)``,
   ``w (K, H, W, C)``, output ``(N, K)``; ``my_backward(dy, cache) -> (dx, dw, db)``;
 * ``"softmax_cross_entropy"``: ``my_forward(logits, targets)`` with ``logits (N, K)`` and class ids
-  ``targets (N,)``, the mean loss as a 0-d array; ``my_backward(cache, dloss) -> dlogits``.
+  ``targets (N,)``, the mean loss as a 0-d array; ``my_backward(dloss, cache) -> dlogits``.
 
 Inputs are float64 arrays of the chosen backend (class ids are int64); ``stride``, ``padding`` and
 ``size`` are ``(h, w)`` pairs, or plain ints with ``square=True`` (for implementations that, like the
@@ -209,7 +209,7 @@ class _OpSpec:
     output: str
     grads: tuple[str, ...]
     positional: tuple[str, ...] = ()          # hyper-parameters passed positionally (the pooling size)
-    loss: bool = False                        # backward(cache, dloss) instead of backward(dout, cache)
+    loss: bool = False                        # dout is a number (the upstream dloss), not a random array
 
 
 _SPECS = {
@@ -379,13 +379,9 @@ def _check_case(op: str, my_forward: Callable[..., Any], my_backward: Callable[.
 def _compare_backward(spec: _OpSpec, my_backward: Callable[..., Any], cache: Any, cache_ref: Any,
                       out_shape: tuple[int, ...], xp: Any, case: Case, tol: _Tolerance) -> list[str | None]:
     """Both backward passes for one random upstream gradient (or ``case.dloss`` for a loss), compared."""
-    if spec.loss:
-        grads_ref = _as_grads(spec.backward(cache_ref, case.dloss))
-        grads = _as_grads(_call("backward", my_backward, case, cache, case.dloss))
-    else:
-        dout = random_array(case.seed + 100, out_shape)
-        grads_ref = _as_grads(spec.backward(to_device(dout, xp, "float64"), cache_ref))
-        grads = _as_grads(_call("backward", my_backward, case, to_device(dout, xp, "float64"), cache))
+    dout = case.dloss if spec.loss else to_device(random_array(case.seed + 100, out_shape), xp, "float64")
+    grads_ref = _as_grads(spec.backward(dout, cache_ref))
+    grads = _as_grads(_call("backward", my_backward, case, dout, cache))
     if len(grads) != len(spec.grads):
         return [f"  backward: yours returned {len(grads)} gradient(s), the engine's returns "
                 f"{len(spec.grads)} ({', '.join(spec.grads)})"]

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 import arraycnn
 from arraycnn import backend
 from arraycnn.functional import col2im, conv2d_backward, conv2d_forward, dense_forward, im2col
+from arraycnn.functional.conv import Im2colConvCache, ToeplitzConvCache
 from arraycnn.testing import conv_configs, random_array, seeds
 
 METHODS = ["im2col", "toeplitz"]
@@ -140,6 +141,25 @@ def test_backward_does_not_modify_inputs_and_keeps_dtype(xp, dtype, method):
     for g, g2 in zip(grads, grads_again, strict=True):
         np.testing.assert_array_equal(backend.to_numpy(g), backend.to_numpy(g2))
     assert all(a.dtype == xs.dtype for a in (y, *grads))
+
+
+@pytest.mark.parametrize(("method", "cache_type"), [("im2col", Im2colConvCache), ("toeplitz", ToeplitzConvCache)])
+@given(cfg=conv_configs(), seed=seeds)
+def test_prediction_forward_is_the_training_forward_bit_for_bit(xp, method, cache_type, cfg, seed):
+    """``keep_cache=False`` keeps nothing for a backward and returns exactly the training output."""
+    x, w, b = (to_xp(xp, random_array(seed + i, shape), "float32")
+               for i, shape in enumerate((cfg.x_shape, cfg.w_shape, cfg.w_shape[:1])))
+    y, cache = conv2d_forward(x, w, b, stride=cfg.stride, padding=cfg.padding, method=method)
+    y_pred, none = conv2d_forward(x, w, b, stride=cfg.stride, padding=cfg.padding, method=method, keep_cache=False)
+    assert type(cache) is cache_type and none is None
+    np.testing.assert_array_equal(backend.to_numpy(y_pred), backend.to_numpy(y))
+
+
+def test_backward_refuses_a_cache_it_did_not_make(xp):
+    x, w = _ok_args(xp)
+    y, _ = conv2d_forward(x, w)
+    with pytest.raises(TypeError, match=r"cache must come from conv2d_forward\(.*keep_cache=True\), got NoneType"):
+        conv2d_backward(xp.zeros(y.shape, dtype=xp.float64), None)
 
 
 # ---------------------------------------------------------------- bad input

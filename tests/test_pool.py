@@ -68,6 +68,17 @@ def test_maxpool_ties_go_to_the_first_maximum(xp, cfg, seed, levels):
                                rtol=1e-12, atol=1e-12)
 
 
+@given(cfg=pool_configs(), seed=seeds, levels=st.integers(1, 3))
+def test_maxpool_prediction_forward_is_the_training_forward_bit_for_bit(xp, dtype, cfg, seed, levels):
+    """``keep_cache=False`` tracks no offsets and returns exactly the training output (ties and -inf padding too)."""
+    x = np.random.default_rng(seed).integers(0, levels, size=cfg.x_shape) + random_array(seed, cfg.x_shape)
+    x = to_xp(xp, np.where(x > levels / 2, x, 0.0), dtype)   # runs of tied zeros, as after a ReLU
+    y, cache = maxpool2d_forward(x, cfg.size, cfg.stride, cfg.padding)
+    y_pred, none = maxpool2d_forward(x, cfg.size, cfg.stride, cfg.padding, keep_cache=False)
+    assert cache is not None and none is None
+    np.testing.assert_array_equal(backend.to_numpy(y_pred), backend.to_numpy(y))
+
+
 def test_maxpool_all_zero_window_routes_to_its_top_left(xp):
     x = np.zeros((1, 3, 3, 1))
     _, cache = maxpool2d_forward(to_xp(xp, x, "float64"), 3, 1)

@@ -14,7 +14,15 @@ from .activation import (
     sigmoid_forward,
     softmax,
 )
-from .conv import conv2d_backward, conv2d_forward, toeplitz_matrix
+from .conv import (
+    conv2d_backward,
+    conv2d_forward,
+    conv2d_im2col_backward,
+    conv2d_im2col_forward,
+    conv2d_toeplitz_backward,
+    conv2d_toeplitz_forward,
+    toeplitz_matrix,
+)
 from .conv_transpose import conv2d_transpose_backward, conv2d_transpose_forward
 from .dense import dense_backward, dense_forward
 from .loss import (
@@ -38,6 +46,10 @@ __all__ = [
     "col2im",
     "conv2d_backward",
     "conv2d_forward",
+    "conv2d_im2col_backward",
+    "conv2d_im2col_forward",
+    "conv2d_toeplitz_backward",
+    "conv2d_toeplitz_forward",
     "conv2d_transpose_backward",
     "conv2d_transpose_forward",
     "cross_entropy",

@@ -12,12 +12,12 @@ from ..backend import random_uniform
 Array = Any
 
 
-def relu_forward(x: Array) -> tuple[Array, Array]:
-    """``y = max(x, 0)``, any shape; the cache is the mask ``x > 0``."""
+def relu_forward(x: Array, keep_cache: bool = True) -> tuple[Array, Array | None]:
+    """``y = max(x, 0)``, any shape; the cache is the mask ``x > 0`` (None with ``keep_cache=False``)."""
     xp = namespace_of(x=x)
     check_float(x, "x", xp)
     # --8<-- [start:relu_forward]
-    return xp.maximum(x, 0.0), x > 0
+    return xp.maximum(x, 0.0), (x > 0 if keep_cache else None)
     # --8<-- [end:relu_forward]
 
 

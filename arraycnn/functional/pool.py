@@ -63,6 +63,15 @@ def _check_dy(dy: Array, win: Window, n: int, c: int) -> None:
         raise ValueError(f"dy must have the output's shape (N, OH, OW, C) = {expected}, got {tuple(dy.shape)}")
 
 
+def _running_max(views: Iterator[Array]) -> Array:
+    """``max`` over the window views, taken in the same order as :func:`_max_and_first_offset` (same bits)."""
+    best = next(views)
+    xp = array_api_compat.array_namespace(best)
+    for v in views:
+        best = xp.maximum(best, v)
+    return best
+
+
 def _max_and_first_offset(views: Iterator[Array], n_offsets: int) -> tuple[Array, Array]:
     """Running maximum over the window views and the offset of the FIRST view that reaches it.
 
@@ -86,16 +95,22 @@ def _route(dy: Array, arg: Array, win_1d: Window, n_offsets: int) -> Array:
     return scatter_windows((dy * xp.astype(arg == k, dy.dtype) for k in range(n_offsets)), win_1d)
 
 
-def maxpool2d_forward(x: Array, size: Any, stride: Any = None, padding: Any = 0) -> tuple[Array, MaxPoolCache]:
+def maxpool2d_forward(
+    x: Array, size: Any, stride: Any = None, padding: Any = 0, keep_cache: bool = True
+) -> tuple[Array, MaxPoolCache | None]:
     """Max pooling: ``x (N, H, W, C)`` -> ``y (N, OH, OW, C)``; ``stride`` defaults to ``size``.
 
     Separable: the max over a KH x KW window is the max over KH row maxima, each over 1 x KW;
     taking the first maximal row and, in it, the first maximal cell gives the row-major first maximum.
+    ``keep_cache=False`` (prediction) returns ``(y, None)``: the same ``y``, bit for bit, without the offsets.
     """
     win = _pool_window(x, size, stride, padding)
     along_w, along_h = win.separable()
     # --8<-- [start:max_forward]
     xpad = pad_hw(x, win, value=-math.inf)
+    if not keep_cache:
+        # prediction needs no first-max offsets: the running maxima alone, ~2.5x faster (docs/benchmarks.md)
+        return _running_max(window_views(_running_max(window_views(xpad, along_w)), along_h)), None
     rows, arg_w = _max_and_first_offset(window_views(xpad, along_w), win.kw)   # (N, Hp, OW, C)
     y, arg_h = _max_and_first_offset(window_views(rows, along_h), win.kh)      # (N, OH, OW, C)
     # --8<-- [end:max_forward]
