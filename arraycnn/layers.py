@@ -153,7 +153,8 @@ class Conv2D(_ParamLayer):
                 "method": self.method}
 
     def _forward(self, x: Array, train: bool) -> tuple[Array, Any]:
-        return F.conv2d_forward(x, self.params["w"], self.params["b"], self.stride, self.padding, self.method)
+        return F.conv2d_forward(x, self.params["w"], self.params["b"], self.stride, self.padding, self.method,
+                                keep_cache=train)
 
     def _backward(self, dy: Array, cache: Any, input_grad: bool) -> tuple[Array | None, dict[str, Array]]:
         dx, dw, db = F.conv2d_backward(dy, cache, input_grad=input_grad)
@@ -204,7 +205,7 @@ class MaxPool2D(_Pool2D):
     """Max pooling ``x (N, H, W, C) -> y (N, OH, OW, C)``; ``stride`` defaults to ``size``."""
 
     def _forward(self, x: Array, train: bool) -> tuple[Array, Any]:
-        return F.maxpool2d_forward(x, self.size, self.stride, self.padding)
+        return F.maxpool2d_forward(x, self.size, self.stride, self.padding, keep_cache=train)
 
     def _backward(self, dy: Array, cache: Any, input_grad: bool) -> tuple[Array | None, dict[str, Array]]:
         return F.maxpool2d_backward(dy, cache), {}
@@ -233,7 +234,7 @@ class ReLU(Layer):
     """``y = max(x, 0)``, any shape."""
 
     def _forward(self, x: Array, train: bool) -> tuple[Array, Any]:
-        return F.relu_forward(x)
+        return F.relu_forward(x, keep_cache=train)
 
     def _backward(self, dy: Array, cache: Any, input_grad: bool) -> tuple[Array | None, dict[str, Array]]:
         return F.relu_backward(dy, cache), {}
