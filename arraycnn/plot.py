@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 
 from .backend import to_device, to_numpy
-from .data import to_float_images
 
 DPI = 100
 """Dots per inch of every saved figure: a PNG is ``figsize[0] * DPI`` by ``figsize[1] * DPI`` pixels."""
@@ -175,7 +174,7 @@ def _layer_outputs(model: Any, image: Any) -> list[tuple[str, np.ndarray]]:
     if host.ndim != 3:
         raise ValueError(f"image must be (H, W), (H, W, C) or (1, H, W, C), got shape {host.shape}")
     host = host.astype(np.float64) / (255.0 if host.dtype == np.uint8 else 1.0)
-    x = to_device(host[None], model.xp, model.dtype)
+    x = to_device(host[None], model.xp, model.dtype, model.device)
     outputs = [("input", host)]
     for layer in model.layers:
         x = layer.forward(x, train=False)
@@ -328,7 +327,7 @@ def save_training_plots(model: Any, history: Sequence[Mapping[str, Any]] | None,
         raise ValueError("test_images must hold at least one image")
     out = Path(out_dir)
     logits = np.concatenate([
-        to_numpy(model.predict(to_float_images(test_images[i:i + batch_size], model.xp, model.dtype)))
+        to_numpy(model.predict(model.to_device_inputs(test_images[i:i + batch_size])))
         for i in range(0, len(test_labels), batch_size)
     ])
     paths = {}

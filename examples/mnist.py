@@ -2,6 +2,7 @@
 
     python examples/mnist.py                                  # NumPy; offline it uses the 5,000 bundled digits
     python examples/mnist.py --backend cupy                   # the same run on a GPU
+    python examples/mnist.py --model vgg                      # vgg_digits: BatchNorm and Dropout instead
     python examples/mnist.py --dataset fashion_mnist --source idx --data-dir /usr/share/datasets/fashion-mnist
     python examples/mnist.py --save run.npz                   # checkpoint after every epoch
     python examples/mnist.py --resume run.npz --epochs 20     # continue to 20 epochs in total
@@ -32,9 +33,9 @@ import numpy as np
 
 import arraycnn
 from arraycnn import data
-from arraycnn.backend import BackendUnavailableError, backend_name, get_namespace, to_numpy
+from arraycnn.backend import BackendUnavailableError, backend_name, get_namespace, resolve_device, to_numpy
 from arraycnn.checkpoint import read_npz
-from arraycnn.models import tutorial_cnn
+from arraycnn.models import tutorial_cnn, vgg_digits
 from arraycnn.optim import SGD, Adam
 from arraycnn.train import TrainingDivergedError, fit, load_training_state
 
@@ -43,9 +44,17 @@ from arraycnn.train import TrainingDivergedError, fit, load_training_state
 DEFAULTS: dict[str, Any] = {
     "dataset": "mnist", "source": "auto", "data_dir": None, "train_size": None, "test_size": None,
     "batch_size": 32, "optimizer": "adam", "lr": None, "dtype": "float32", "seed": 0,
-    "conv_method": "im2col", "augment": True,
+    "conv_method": "im2col", "augment": True, "model": "tutorial",
 }
 DEFAULT_EPOCHS = 12
+# --model: the network and how the header names it
+MODELS = {
+    "tutorial": ("the tutorial's CNN",
+                 "tutorial_cnn ((Conv 10@3x3 - ReLU - MaxPool 3x3/1) x2 - Dense 50 - ReLU - Dense 10)"),
+    "vgg": ("a VGG-style CNN",
+            "vgg_digits ((Conv 3x3 pad 1 - BatchNorm - ReLU) x2 - MaxPool 2, 16 then 32 filters; "
+            "Dense 128 - ReLU - Dropout 0.5 - Dense 10)"),
+}
 DEFAULT_LR = {"adam": 1e-3, "sgd": 0.05}
 SGD_MOMENTUM = 0.9
 SHOW_PREDICTIONS = 10
@@ -58,7 +67,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0],
         epilog="Settings marked * are taken from the checkpoint on --resume unless given. "
                "Exit status: 0 done, 1 diverged (NaN/inf loss), 2 bad arguments/data/checkpoint, 130 Ctrl-C.")
-    p.add_argument("--backend", default="numpy", choices=arraycnn.backend.KNOWN_BACKENDS, help="default numpy")
+    p.add_argument("--backend", default="numpy", metavar="LIBRARY",
+                   help=f"the array library: {', '.join(arraycnn.backend.KNOWN_BACKENDS)}, or the name of any "
+                        "importable Array API library (e.g. torch, through array-api-compat); default numpy")
+    p.add_argument("--device", metavar="DEVICE",
+                   help="where the model lives, as its library names devices: a CUDA device id for cupy (0, 1), "
+                        "a device string for torch (cpu, cuda:1), a device name for array_api_strict (device1); "
+                        "default: the library's default device")
     p.add_argument("--dataset", choices=data.NAMES, help="* default mnist")
     p.add_argument("--source", choices=data.SOURCES,
                    help="* default auto: IDX files in --data-dir, else tensorflow-datasets (prepared, or a download "
@@ -72,7 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"* adam (Keras's form, eps 1e-7) or sgd with momentum {SGD_MOMENTUM}; default adam")
     p.add_argument("--dtype", choices=arraycnn.backend.DTYPES, help="* default float32")
     p.add_argument("--seed", type=int, help="* seeds the weights, the data split and every epoch's order; default 0")
-    p.add_argument("--conv-method", choices=("im2col", "toeplitz"), help="* default im2col")
+    p.add_argument("--model", choices=tuple(MODELS), help="* the tutorial's network or vgg_digits; default tutorial")
+    p.add_argument("--conv-method", choices=("im2col", "toeplitz"), help="* default im2col (toeplitz: tutorial only)")
     p.add_argument("--train-size", type=int, help="* a stratified subset of the training set; default all")
     p.add_argument("--test-size", type=int, help="* a stratified subset of the test set; default all")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction,
@@ -119,11 +135,10 @@ def header(cfg: dict[str, Any], ds: data.Dataset, model: Any, args: argparse.Nam
     optim = f"Adam lr {cfg['lr']:g}" if cfg["optimizer"] == "adam" else f"SGD lr {cfg['lr']:g} momentum {SGD_MOMENTUM}"
     augment = f"random shifts up to {data.AUGMENT_MAX_SHIFT} px" if cfg["augment"] else "off"
     lines = [
-        f"arraycnn {arraycnn.__version__}: the tutorial's CNN on {cfg['dataset']}",
+        f"arraycnn {arraycnn.__version__}: {MODELS[cfg['model']][0]} on {cfg['dataset']}",
         f"  data      {ds.description}",
         f"  backend   {backend_name(model.xp)}, {model.dtype_name}, conv {cfg['conv_method']}",
-        f"  model     tutorial_cnn ((Conv 10@3x3 - ReLU - MaxPool 3x3/1) x2 - Dense 50 - ReLU - Dense 10), "
-        f"{model.num_parameters():,} parameters",
+        f"  model     {MODELS[cfg['model']][1]}, {model.num_parameters():,} parameters",
         f"  training  epochs {start + 1}..{args.epochs}, batch {cfg['batch_size']}, {optim}, augment {augment}, "
         f"seed {cfg['seed']}",
     ]
@@ -137,7 +152,7 @@ def header(cfg: dict[str, Any], ds: data.Dataset, model: Any, args: argparse.Nam
 def show_predictions(model: Any, ds: data.Dataset, count: int = SHOW_PREDICTIONS) -> str:
     """The tutorial's last cell: predicted vs true labels of the first ``count`` test images."""
     images, labels = ds.test_images[:count], ds.test_labels[:count]
-    logits = model.predict(data.to_float_images(images, model.xp, model.dtype))
+    logits = model.predict(model.to_device_inputs(images))
     predicted = to_numpy(model.xp.argmax(logits, axis=1))
     right = int(np.sum(predicted == labels))
     return (f"{len(labels)} test images (as the tutorial's last cell):\n"
@@ -152,7 +167,8 @@ def write_metrics(path: Path, cfg: dict[str, Any], ds: data.Dataset, model: Any,
         "dtype": model.dtype_name, "dataset": ds.name, "source": ds.source, "train_size": len(ds.train_labels),
         "test_size": len(ds.test_labels), "epochs": args.epochs, "batch_size": cfg["batch_size"],
         "optimizer": cfg["optimizer"], "lr": cfg["lr"], "seed": cfg["seed"], "augment": cfg["augment"],
-        "conv_method": cfg["conv_method"], "resumed_from": None if args.resume is None else str(args.resume),
+        "model": cfg["model"], "conv_method": cfg["conv_method"],
+        "resumed_from": None if args.resume is None else str(args.resume),
         "history": history, "final_test_accuracy": final.get("test_acc"), "final_test_loss": final.get("test_loss"),
         "wall_seconds": seconds,
     }
@@ -163,12 +179,19 @@ def write_metrics(path: Path, cfg: dict[str, Any], ds: data.Dataset, model: Any,
 def prepare(args: argparse.Namespace, log: Any) -> tuple[dict[str, Any], data.Dataset, Any, Any, int, list]:
     """Settings, data, model, optimizer, start epoch and history (from ``--resume`` when given)."""
     xp = get_namespace(args.backend)
+    device = resolve_device(xp, args.device)
     saved_meta = read_npz(args.resume)[1] if args.resume is not None else None
     cfg = settings(args, None if saved_meta is None else saved_meta.get("config", {}), log)
     ds = data.load_dataset(cfg["dataset"], cfg["source"], cfg["data_dir"], cfg["train_size"], cfg["test_size"],
                            seed=cfg["seed"], log=log)
     cfg["source"] = ds.source  # resuming a run that chose 'auto' reads the same source again
-    model = tutorial_cnn(xp, cfg["dtype"], cfg["seed"], cfg["conv_method"])
+    if cfg["model"] == "tutorial":
+        model = tutorial_cnn(xp, cfg["dtype"], cfg["seed"], cfg["conv_method"], device=device)
+    elif cfg["conv_method"] != "im2col":
+        raise ValueError(f"--conv-method {cfg['conv_method']} unrolls the tutorial's small convolutions only; "
+                         "--model vgg uses im2col")
+    else:
+        model = vgg_digits(xp, cfg["dtype"], cfg["seed"], device=device)
     optimizer = make_optimizer(cfg["optimizer"], cfg["lr"])
     if args.resume is None:
         return cfg, ds, model, optimizer, 0, []
