@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"
 pins=()
-for dist in array-api-compat array-api-extra array-api-strict threadpoolctl; do
+for dist in array-api-compat array-api-strict threadpoolctl; do
     version="$("$PY" -c "import importlib.metadata as m; print(m.version('$dist'))" 2>/dev/null || true)"
     pins+=("$dist${version:+==$version}")
 done
