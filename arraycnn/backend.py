@@ -244,3 +244,21 @@ def random_uniform(shape: tuple[int, ...], seed: int, counter: int, *, like: Arr
         return torch.rand(shape, generator=generator, dtype=dtype, device=device)
     host = _philox(seed, counter).random(shape)
     return xp.astype(xp.asarray(host, device=device), dtype)
+
+
+# ---------------------------------------------------------------- strided window views (an ops fast path)
+# The one library-specific piece the ops use: a zero-copy view of every sliding window, where the library
+# has one. The caller keeps its plain-slicing path for every other namespace, and tests both.
+
+
+def sliding_window_view(x: Array, window: tuple[int, int]) -> Array | None:
+    """Every ``(KH, KW)`` window of ``x (N, Hp, Wp, C)`` as a read-only view ``(N, Hp-KH+1, Wp-KW+1, C, KH, KW)``
+    where the library offers one (NumPy; CuPy >= 13), else None: the caller then slices."""
+    if array_api_compat.is_numpy_array(x):
+        return np.lib.stride_tricks.sliding_window_view(x, window, axis=(1, 2))
+    if array_api_compat.is_cupy_array(x):  # pragma: no cover - needs a CUDA device
+        import cupy
+
+        view = getattr(cupy.lib.stride_tricks, "sliding_window_view", None)
+        return None if view is None else view(x, window, axis=(1, 2))
+    return None

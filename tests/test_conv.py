@@ -237,6 +237,24 @@ def test_input_grad_false_skips_only_dx(xp, method):
 
 
 @given(cfg=conv_configs(), seed=seeds)
+def test_im2col_from_the_strided_view_is_the_slices_bit_for_bit(xp, dtype, cfg, seed):
+    from arraycnn.functional.windows import im2col_by_slices, make_window, pad_hw
+
+    win = make_window(cfg.x_shape, cfg.w_shape[1:3], cfg.stride, cfg.padding, kernel_name="w")
+    xpad = pad_hw(to_xp(xp, random_array(seed, cfg.x_shape), dtype), win)
+    np.testing.assert_array_equal(backend.to_numpy(im2col(xpad, win)), backend.to_numpy(im2col_by_slices(xpad, win)))
+
+
+def test_each_namespace_takes_the_im2col_path_the_oracle_tests_count_on(xp):
+    """NumPy (and CuPy) unroll from a strided view, array-api-strict by slices: the oracle tests cover both."""
+    view = backend.sliding_window_view(xp.zeros((2, 5, 4, 3), dtype=xp.float64), (3, 2))
+    if backend.backend_name(xp) == "array_api_strict":
+        assert view is None
+    else:
+        assert tuple(view.shape) == (2, 3, 3, 3, 3, 2)
+
+
+@given(cfg=conv_configs(), seed=seeds)
 def test_col2im_is_the_adjoint_of_im2col(xp, cfg, seed):
     """<im2col(pad(x)), P> == <x, col2im(P)>: the scatter that a convolution's input-gradient is built on."""
     from arraycnn.functional.windows import make_window, pad_hw

@@ -8,7 +8,8 @@ Turned around, each kernel offset ``(i, j)`` sees ONE strided slice of the padde
 
 so every op here loops over the ``KH*KW`` offsets only, never over batch, pixels or channels:
 
-* :func:`im2col` stacks those slices (the patches a convolution multiplies by its kernel);
+* :func:`im2col_by_slices` stacks those slices (the patches a convolution multiplies by its kernel;
+  :func:`im2col` takes them from one strided view where the library has one);
 * pooling reduces them (max, sum);
 * :func:`scatter_windows` is the adjoint of slicing: it adds a gradient for each offset back into
   its slice of a zero padded image and crops the padding (``col2im`` is this with the columns of a patch
@@ -25,6 +26,7 @@ from typing import Any
 import array_api_compat
 
 from .._checks import int_pair
+from ..backend import sliding_window_view
 
 Array = Any
 
@@ -167,9 +169,23 @@ def im2col(xpad: Array, win: Window) -> Array:
     """Unroll the padded input into patches: ``(N, Hp, Wp, C)`` -> ``(N*OH*OW, KH*KW*C)``.
 
     Row ``(n, oh, ow)`` holds the window under output pixel ``(oh, ow)`` in ``(KH, KW, C)`` order,
-    the order of a flattened filter ``w[k] (KH, KW, C)``. Built separably: first the ``1 x KW`` row
-    patches ``(N, Hp, OW, KW*C)``, then ``KH`` of those stacked, so each copy moves runs of
-    ``C`` and ``KW*C`` values instead of ``KH*KW`` runs of ``C``.
+    the order of a flattened filter ``w[k] (KH, KW, C)``. The same numbers as :func:`im2col_by_slices`
+    (the readable reference, used where the library has no strided views).
+    """
+    windows = sliding_window_view(xpad, (win.kh, win.kw))           # (N, Hp-KH+1, Wp-KW+1, C, KH, KW) or None
+    if windows is None:
+        return im2col_by_slices(xpad, win)
+    # one strided view and one copy: ~2x faster in NumPy than stacking slices at C = 10 (docs/benchmarks.md)
+    xp = array_api_compat.array_namespace(xpad)
+    windows = xp.permute_dims(windows[:, :: win.sh, :: win.sw, ...], (0, 1, 2, 4, 5, 3))   # (N, OH, OW, KH, KW, C)
+    return xp.reshape(windows, (xpad.shape[0] * win.oh * win.ow, win.kh * win.kw * xpad.shape[-1]))
+
+
+def im2col_by_slices(xpad: Array, win: Window) -> Array:
+    """:func:`im2col` from the strided slices of :func:`window_views`, on any Array API library.
+
+    Built separably: first the ``1 x KW`` row patches ``(N, Hp, OW, KW*C)``, then ``KH`` of those
+    stacked, so each copy moves runs of ``C`` and ``KW*C`` values instead of ``KH*KW`` runs of ``C``.
     """
     xp = array_api_compat.array_namespace(xpad)
     n, c = xpad.shape[0], xpad.shape[-1]
