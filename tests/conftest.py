@@ -76,3 +76,29 @@ def to_xp(xp, host: np.ndarray, dtype: str):
 def rounded(host: np.ndarray, dtype: str) -> np.ndarray:
     """``host`` rounded to ``dtype`` and back to float64: what the engine actually received."""
     return host.astype(dtype).astype(np.float64)
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    """The reason given to ``pytest.skip`` (or a skip mark) for one skipped test."""
+    longrepr = report.longrepr
+    message = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    return message.removeprefix("Skipped: ")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """Skips summarised by reason, one line each ("140 skipped: cupy: ... no CUDA device ..."), most first.
+
+    pyproject's ``addopts = "-rfE"`` keeps pytest's own short summary to failures and errors, which still print in
+    full above; ``-rs`` lists every skipped test again.
+    """
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if not hasattr(r, "wasxfail")]
+    if not skipped:
+        return
+    counts: dict[str, int] = {}
+    for report in skipped:
+        reason = _skip_reason(report)
+        counts[reason] = counts.get(reason, 0) + 1
+    terminalreporter.write_sep("-", f"{len(skipped)} skipped, by reason")
+    width = len(str(max(counts.values())))
+    for reason, count in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
+        terminalreporter.write_line(f"{count:>{width}} skipped: {reason}")

@@ -189,6 +189,42 @@ def test_a_real_browser_draws_the_formulas_offline(site):
     assert seen["raw_latex"] == 0 and seen["remote"] == [], seen
 
 
+SKIPPING_TESTS = """
+import pytest
+
+@pytest.mark.parametrize("i", range(30))
+def test_on_a_gpu(i):
+    pytest.skip("cupy: no CUDA device")
+
+@pytest.mark.skip(reason="needs TensorFlow")
+@pytest.mark.parametrize("i", range(2))
+def test_with_tensorflow(i):
+    pass
+
+def test_passes():
+    pass
+
+def test_fails():
+    assert [1, 2] == [1, 3], "the explanation"
+"""
+
+
+def test_skips_are_summarised_by_reason_and_failures_print_in_full(tmp_path):
+    """The README's test command ends on one line per skip reason, not one per skipped test."""
+    addopts = re.search(r'^addopts = "([^"]*)"', (ROOT / "pyproject.toml").read_text(), re.MULTILINE).group(1)
+    (tmp_path / "pytest.ini").write_text(f"[pytest]\naddopts = {addopts}\n")
+    shutil.copy(ROOT / "tests" / "conftest.py", tmp_path / "conftest.py")
+    (tmp_path / "test_sample.py").write_text(SKIPPING_TESTS)
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    lines = result.stdout.strip().splitlines()
+    assert result.returncode == 1, result.stdout
+    assert "32 skipped, by reason" in result.stdout and "SKIPPED [" not in result.stdout, result.stdout
+    assert lines.index("30 skipped: cupy: no CUDA device") + 1 == lines.index(" 2 skipped: needs TensorFlow")
+    assert "AssertionError: the explanation" in result.stdout and "FAILED test_sample.py::test_fails" in lines[-2]
+    assert re.fullmatch(r"1 failed, 1 passed, 32 skipped in [\d.]+s", lines[-1]), lines[-1]
+
+
 def test_engine_never_imports_tensorflow_or_torch_and_only_backend_names_cupy():
     """tensorflow_datasets (the data extra) is allowed; TensorFlow itself is a test oracle only. The
     communicator seam (distributed.py) is the one other place for CuPy, for its NCCL, and the only one for
