@@ -6,8 +6,7 @@ from types import ModuleType
 from typing import Any
 
 from .backend import get_namespace, host_rng, resolve_device, resolve_dtype
-from . import layers as _L  # TEMP until helper-2's layers land
-from .layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
+from .layers import BatchNorm, Conv2D, Conv2DTranspose, Dense, Dropout, Flatten, MaxPool2D, ReLU, Sigmoid
 from .model import Sequential
 
 __all__ = ["conv_autoencoder", "tutorial_cnn", "vgg_digits"]
@@ -59,7 +58,8 @@ def vgg_digits(
         -> Flatten (1568) -> Dense 128 -> ReLU -> Dropout 0.5 -> Dense 10   (softmax is in the loss)
 
     He-initialised weights, zero biases, BatchNorm ``gamma = 1, beta = 0``; the weights and the dropout
-    masks' seed come, in layer order, from one generator seeded with ``seed``, as in :func:`tutorial_cnn`.
+    masks' seed come, in layer order, from one generator seeded with ``seed``, and ``backend``, ``dtype`` and
+    ``device`` place every array, as in :func:`tutorial_cnn`.
     BatchNorm mixes the rows of a batch, so a training step runs on the whole batch at once.
     218,682 parameters, 200,832 of them in the Dense 1568 -> 128.
     """
@@ -67,13 +67,13 @@ def vgg_digits(
     placement = {k: common[k] for k in ("backend", "dtype", "device")}
 
     def block(c_in: int, c_out: int) -> list:
-        return [Conv2D(c_in, c_out, 3, padding=1, **common), _L.BatchNorm(c_out, **placement), ReLU()]
+        return [Conv2D(c_in, c_out, 3, padding=1, **common), BatchNorm(c_out, **placement), ReLU()]
 
     return Sequential([
         *block(1, 16), *block(16, 16), MaxPool2D(2),
         *block(16, 32), *block(32, 32), MaxPool2D(2),
         Flatten(),
-        Dense(7 * 7 * 32, 128, **common), ReLU(), _L.Dropout(0.5, rng=common["rng"], **placement),
+        Dense(7 * 7 * 32, 128, **common), ReLU(), Dropout(0.5, rng=common["rng"]),
         Dense(128, 10, **common),
     ])
 
@@ -91,20 +91,22 @@ def conv_autoencoder(
         Conv2DTranspose 16@3x3 stride 2 pad 1 output_padding 1 -> ReLU        7 -> 14
         Conv2DTranspose 1@3x3 stride 2 pad 1 output_padding 1 -> Sigmoid      14 -> 28
 
-    trained with the mean squared error against its own input. Weights are He-initialised from one
-    generator seeded with ``seed``, in layer order, as in :func:`tutorial_cnn`. 9,569 parameters.
+    trained with the mean squared error against its own input (``Sequential(loss="mean_squared_error")``).
+    Weights are He-initialised from one generator seeded with ``seed``, in layer order, and ``backend``,
+    ``dtype`` and ``device`` place every array, as in :func:`tutorial_cnn`. 9,569 parameters.
     """
     common = _parameter_options(backend, dtype, seed, device)
     up = {"stride": 2, "padding": 1, "output_padding": 1, **common}
     return Sequential([
         Conv2D(1, 16, 3, stride=2, padding=1, **common), ReLU(),
         Conv2D(16, 32, 3, stride=2, padding=1, **common), ReLU(),
-        _L.Conv2DTranspose(32, 16, 3, **up), ReLU(),
-        _L.Conv2DTranspose(16, 1, 3, **up), _L.Sigmoid(),
+        Conv2DTranspose(32, 16, 3, **up), ReLU(),
+        Conv2DTranspose(16, 1, 3, **up), Sigmoid(),
     ], loss="mean_squared_error")
 
 
 def _parameter_options(backend: str | ModuleType, dtype: str | Any, seed: int, device: Any) -> dict[str, Any]:
     """The keyword arguments every parameter layer of one network shares: one seeded generator, one placement."""
     xp = get_namespace(backend)
-    return {"rng": host_rng(seed), "backend": xp, "dtype": resolve_dtype(xp, dtype), "device": device}
+    return {"rng": host_rng(seed), "backend": xp, "dtype": resolve_dtype(xp, dtype),
+            "device": resolve_device(xp, device)}

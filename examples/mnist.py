@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _cli import SOURCE_HELP, add_placement_arguments
 
 import arraycnn
 from arraycnn import data
@@ -67,17 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0],
         epilog="Settings marked * are taken from the checkpoint on --resume unless given. "
                "Exit status: 0 done, 1 diverged (NaN/inf loss), 2 bad arguments/data/checkpoint, 130 Ctrl-C.")
-    p.add_argument("--backend", default="numpy", metavar="LIBRARY",
-                   help=f"the array library: {', '.join(arraycnn.backend.KNOWN_BACKENDS)}, or the name of any "
-                        "importable Array API library (e.g. torch, through array-api-compat); default numpy")
-    p.add_argument("--device", metavar="DEVICE",
-                   help="where the model lives, as its library names devices: a CUDA device id for cupy (0, 1), "
-                        "a device string for torch (cpu, cuda:1), a device name for array_api_strict (device1); "
-                        "default: the library's default device")
+    add_placement_arguments(p)
     p.add_argument("--dataset", choices=data.NAMES, help="* default mnist")
-    p.add_argument("--source", choices=data.SOURCES,
-                   help="* default auto: IDX files in --data-dir, else tensorflow-datasets (prepared, or a download "
-                        "when online), else the 5,000 bundled digits (mnist only)")
+    p.add_argument("--source", choices=data.SOURCES, help=f"* default {SOURCE_HELP}")
     p.add_argument("--data-dir", help="* an IDX directory or the tensorflow-datasets data dir")
     p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
                    help=f"the TOTAL number of epochs, also on --resume; default {DEFAULT_EPOCHS}")
