@@ -71,3 +71,19 @@ def int_pair(value: Any, name: str, minimum: int) -> tuple[int, int]:
     except ValueError:
         raise ValueError(f"{name} must be >= {minimum} (an int or an (h, w) pair), got {value!r}") from None
     return h, w
+
+
+def mismatches(actual: Any, expected: Any, rtol: float, atol: float) -> Any:
+    """THE tolerance rule of the project, on host float64 arrays: True where
+    ``|actual - expected| > atol · max(1, max|expected|) + rtol · |expected|`` (NaN counts as a mismatch).
+
+    ``atol`` is relative to the reference's largest magnitude, so one figure per dtype serves values of
+    any scale; ``rtol`` adds slack proportional to each entry. gradcheck, arraycnn.testing and the test
+    suite's dtype tolerances all call this.
+    """
+    import numpy as np
+
+    expected = np.asarray(expected, dtype=np.float64)
+    err = np.abs(np.asarray(actual, dtype=np.float64) - expected)
+    scale = max(1.0, float(np.max(np.abs(expected), initial=0.0)))
+    return ~(err <= atol * scale + rtol * np.abs(expected))

@@ -20,6 +20,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
+from ._checks import mismatches
 from .backend import to_numpy
 
 Array = Any
@@ -147,9 +148,8 @@ def gradcheck(
         # --8<-- [end:central_difference]
         a = analytic.reshape(-1)[flat]
         # --8<-- [start:tolerance]
-        err = np.abs(a - numeric)
-        scale = max(1.0, float(np.max(np.abs(numeric), initial=0.0)))
-        bad = err > atol * scale + rtol * np.abs(numeric)
+        err, scale = np.abs(a - numeric), max(1.0, float(np.max(np.abs(numeric), initial=0.0)))
+        bad = mismatches(a, numeric, rtol, atol)   # err > atol·scale + rtol·|numeric|
         # --8<-- [end:tolerance]
         order = np.argsort(-err)[:n_worst]
         worst = [(tuple(int(i) for i in np.unravel_index(flat[o], base.shape)), float(a[o]), float(numeric[o]))

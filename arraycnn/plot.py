@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ._checks import check_int
 from .backend import to_device, to_numpy
 
 DPI = 100
@@ -191,8 +192,7 @@ def plot_feature_maps(model: Any, image: Any, path: PathLike, max_channels: int 
     and the last row (the logits) marks the predicted class. Default ``figsize``:
     ``(1.3·max_channels + 1.5, 1.3·rows)`` for ``rows = 1 + len(model.layers)``.
     """
-    if isinstance(max_channels, bool) or not isinstance(max_channels, int) or max_channels < 1:
-        raise ValueError(f"max_channels must be a positive int, got {max_channels!r}")
+    max_channels = check_int(max_channels, "max_channels", 1)
     outputs = _layer_outputs(model, image)
     rows = len(outputs)
     fig = _figure(figsize or (1.3 * max_channels + 1.5, 1.3 * rows))
@@ -287,8 +287,7 @@ def plot_misclassified(images: Any, y_true: Any, probs_or_logits: Any, path: Pat
     probabilities, anything else as logits). Each panel says ``predicted (probability) / true``.
     Default ``figsize``: ``(1.5·cols, 1.8·rows + 0.5)`` for ``k`` panels in rows of at most 8.
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive int, got {k!r}")
+    k = check_int(k, "k", 1)
     images = _as_images(images, "images")
     y_true = _as_labels(y_true, "y_true", len(images))
     scores = np.asarray(to_numpy(probs_or_logits), dtype=np.float64)

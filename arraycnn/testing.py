@@ -3,8 +3,8 @@
 The engine's own test suite draws its cases from here, and learners who write their own layers can use
 the same tools (needs ``hypothesis``: ``pip install 'arraycnn[test]'``):
 
-* strategies: :func:`conv_configs`, :func:`pool_configs` (valid shapes, strides and paddings) and
-  :data:`seeds`; data makers :func:`random_array`, :func:`tie_free_array` and :func:`tied_array`;
+* strategies: :func:`conv_configs`, :func:`conv_transpose_configs`, :func:`pool_configs` (valid shapes,
+  strides and paddings) and :data:`seeds`; data makers :func:`random_array`, :func:`tie_free_array` and :func:`tied_array`;
 * :func:`assert_matches_engine`: property-test your own forward/backward pair against arraycnn's op;
 * :func:`gradcheck` (re-exported from :mod:`arraycnn.gradcheck`): check a backward pass against central
   differences of its own forward, with no reference implementation at all.
@@ -19,7 +19,15 @@ contract of the engine's pair for ``op`` (your cache may hold anything you like)
 * ``"dense"``: ``my_forward(x, w, b)`` with ``x (N, D)``, ``w (K, D)`` or the tutorial's ``x (N, H, W, C)``,
   ``w (K, H, W, C)``, output ``(N, K)``; ``my_backward(dy, cache) -> (dx, dw, db)``;
 * ``"softmax_cross_entropy"``: ``my_forward(logits, targets)`` with ``logits (N, K)`` and class ids
-  ``targets (N,)``, the mean loss as a 0-d array; ``my_backward(dloss, cache) -> dlogits``.
+  ``targets (N,)``, the mean loss as a 0-d array; ``my_backward(dloss, cache) -> dlogits``;
+* ``"conv2d_transpose"``: ``my_forward(x, w, b, stride=s, padding=p, output_padding=op)`` with ``x (N, H, W, K)``,
+  ``w (K, KH, KW, C)`` (the layout of the convolution it transposes), ``b (C,)``; ``my_backward(dy, cache)
+  -> (dx, dw, db)``;
+* ``"batch_norm"``: ``my_forward(x, gamma, beta)`` with ``x (N, D)`` or ``(N, H, W, C)`` normalised over every
+  axis but the last (biased variance, ``eps = 1e-5``); ``my_backward(dy, cache) -> (dx, dgamma, dbeta)``;
+* ``"sigmoid"``: ``my_forward(x)``; ``my_backward(dy, cache) -> dx``;
+* ``"mean_squared_error"``: ``my_forward(pred, target)`` (same shape), the mean over every element as a 0-d
+  array; ``my_backward(dloss, cache) -> dpred``.
 
 Inputs are float64 arrays of the chosen backend (class ids are int64); ``stride``, ``padding`` and
 ``size`` are ``(h, w)`` pairs, or plain ints with ``square=True`` (for implementations that, like the
@@ -68,18 +76,21 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
 from . import functional as F
+from ._checks import check_int, mismatches
 from .backend import get_namespace, to_device, to_numpy
 from .gradcheck import GradcheckError, GradcheckResult, gradcheck
 
 __all__ = [
     "OPS",
     "ConvConfig",
+    "ConvTransposeConfig",
     "EngineMismatchError",
     "GradcheckError",
     "GradcheckResult",
     "PoolConfig",
     "assert_matches_engine",
     "conv_configs",
+    "conv_transpose_configs",
     "gradcheck",
     "pool_configs",
     "random_array",
@@ -130,6 +141,41 @@ def conv_configs(draw: st.DrawFn, max_n: int = 4, max_hw: int = 16, max_c: int =
     return ConvConfig((n, h, w, c), (k, kh, kw, c), (sh, sw), (ph, pw))
 
 
+@dataclass(frozen=True)
+class ConvTransposeConfig:
+    """A valid transposed convolution: ``x (N, H, W, K)``, ``w (K, KH, KW, C)``, per-axis stride, padding and
+    ``output_padding < stride``; ``y_shape (N, OH, OW, C)`` with ``OH = (H - 1)*sh - 2*ph + KH + oph >= 1``."""
+
+    x_shape: tuple[int, int, int, int]
+    w_shape: tuple[int, int, int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    output_padding: tuple[int, int]
+    y_shape: tuple[int, int, int, int]
+
+
+@st.composite
+def conv_transpose_configs(draw: st.DrawFn, square: bool = False, **conv_limits: int) -> ConvTransposeConfig:
+    """Transposed convolutions of drawn :func:`conv_configs` (``conv_limits`` passed on): ``x`` has the conv's
+    output shape, ``output_padding`` is drawn in ``[0, stride)`` where the output stays non-empty (its
+    remainder ``(H + 2p - KH) mod s`` gives back the conv's input size). ``square``: equal on both axes."""
+    cfg = draw(conv_configs(**conv_limits))
+    cfg = _square_conv(cfg) if square else cfg
+    n, h, w, c = cfg.x_shape
+    k, kh, kw, _ = cfg.w_shape
+    (sh, sw), (ph, pw) = cfg.stride, cfg.padding
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    base = ((oh - 1) * sh - 2 * ph + kh, (ow - 1) * sw - 2 * pw + kw)      # output size without output_padding
+    lows = (max(0, 1 - base[0]), max(0, 1 - base[1]))
+    if square:
+        op = draw(st.integers(max(lows), sh - 1))
+        oph, opw = op, op
+    else:
+        oph, opw = draw(st.integers(lows[0], sh - 1)), draw(st.integers(lows[1], sw - 1))
+    return ConvTransposeConfig((n, oh, ow, k), cfg.w_shape, cfg.stride, cfg.padding, (oph, opw),
+                               (n, base[0] + oph, base[1] + opw, c))
+
+
 @st.composite
 def pool_configs(draw: st.DrawFn, max_n: int = 3, max_hw: int = 12, max_c: int = 3, max_size: int = 4,
                  max_stride: int = 3, max_padding: int = 2) -> PoolConfig:
@@ -167,7 +213,8 @@ def tied_array(seed: int, shape: tuple[int, ...], levels: int = 3) -> np.ndarray
 
 # --------------------------------------------------------------------------- assert_matches_engine
 
-OPS = ("conv2d", "maxpool2d", "avgpool2d", "relu", "dense", "softmax_cross_entropy")
+OPS = ("conv2d", "maxpool2d", "avgpool2d", "relu", "dense", "softmax_cross_entropy", "conv2d_transpose",
+       "batch_norm", "sigmoid", "mean_squared_error")
 
 
 class EngineMismatchError(AssertionError):
@@ -220,6 +267,11 @@ _SPECS = {
     "dense": _OpSpec(F.dense_forward, F.dense_backward, "y", ("dx", "dw", "db")),
     "softmax_cross_entropy": _OpSpec(F.softmax_cross_entropy_forward, F.softmax_cross_entropy_backward, "loss",
                                      ("dlogits",), loss=True),
+    "conv2d_transpose": _OpSpec(F.conv2d_transpose_forward, F.conv2d_transpose_backward, "y", ("dx", "dw", "db")),
+    "batch_norm": _OpSpec(F.batch_norm_forward, F.batch_norm_backward, "y", ("dx", "dgamma", "dbeta")),
+    "sigmoid": _OpSpec(F.sigmoid_forward, F.sigmoid_backward, "y", ("dx",)),
+    "mean_squared_error": _OpSpec(F.mean_squared_error_forward, F.mean_squared_error_backward, "loss", ("dpred",),
+                                  loss=True),
 }
 
 
@@ -280,8 +332,33 @@ def _softmax_ce_cases(draw: st.DrawFn, square: bool, ties: bool) -> Case:
     return Case((("logits", (n, k)), ("targets", (n,))), seed=draw(seeds), dloss=dloss)
 
 
+@st.composite
+def _conv_transpose_cases(draw: st.DrawFn, square: bool, ties: bool) -> Case:
+    cfg = draw(conv_transpose_configs(square=square))
+    shapes = (("x", cfg.x_shape), ("w", cfg.w_shape), ("b", cfg.w_shape[3:]))
+    hyper = _hyper(square, stride=cfg.stride, padding=cfg.padding, output_padding=cfg.output_padding)
+    return Case(shapes, hyper, draw(seeds))
+
+
+@st.composite
+def _batch_norm_cases(draw: st.DrawFn, square: bool, ties: bool) -> Case:
+    x_shape = draw(st.one_of(st.tuples(st.integers(1, 8), st.integers(1, 6)),
+                             st.tuples(*[st.integers(1, 4)] * 4)))
+    c = x_shape[-1]
+    return Case((("x", x_shape), ("gamma", (c,)), ("beta", (c,))), seed=draw(seeds))
+
+
+@st.composite
+def _mse_cases(draw: st.DrawFn, square: bool, ties: bool) -> Case:
+    shape = tuple(draw(st.lists(st.integers(1, 5), min_size=1, max_size=4)))
+    dloss = draw(st.sampled_from([1.0, 0.5, 3.0]))
+    return Case((("pred", shape), ("target", shape)), seed=draw(seeds), dloss=dloss)
+
+
 _CASES = {"conv2d": _conv_cases, "maxpool2d": _pool_cases, "avgpool2d": _pool_cases, "relu": _relu_cases,
-          "dense": _dense_cases, "softmax_cross_entropy": _softmax_ce_cases}
+          "dense": _dense_cases, "softmax_cross_entropy": _softmax_ce_cases,
+          "conv2d_transpose": _conv_transpose_cases, "batch_norm": _batch_norm_cases, "sigmoid": _relu_cases,
+          "mean_squared_error": _mse_cases}
 
 
 def _host_inputs(op: str, case: Case) -> list[np.ndarray]:
@@ -337,7 +414,7 @@ def _compare(name: str, mine: Any, ref: Any, tol: _Tolerance) -> str | None:
         return f"  {name}: yours has shape {actual.shape}, the engine's {expected.shape}"
     err = np.abs(actual - expected)
     scale = max(1.0, float(np.max(np.abs(expected), initial=0.0)))
-    bad = ~(err <= tol.atol * scale + tol.rtol * np.abs(expected))     # NaN counts as a difference
+    bad = mismatches(actual, expected, tol.rtol, tol.atol)     # NaN counts as a difference
     if not bad.any():
         return None
     err = np.where(np.isnan(err), np.inf, err).reshape(-1)
@@ -421,8 +498,7 @@ def assert_matches_engine(
         raise TypeError("my_forward and my_backward must be callables (your op's forward and backward functions)")
     if op not in _SPECS:
         raise ValueError(f"op must be one of {OPS}, got {op!r}")
-    if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
-        raise ValueError(f"max_examples must be a positive int, got {max_examples!r}")
+    max_examples = check_int(max_examples, "max_examples", 1)
     xp = get_namespace(backend)
     tol = _Tolerance(rtol, atol, n_worst)
 

@@ -125,7 +125,7 @@ def test_bad_input(tmp_path, model, images, labels):
         plot.plot_confusion_matrix(labels, labels, tmp_path / "x.png", class_names=["a", "b"])
     with pytest.raises(ValueError, match=r"probs_or_logits must be \(N, K\)"):
         plot.plot_misclassified(images, labels, np.zeros((3, K)), tmp_path / "x.png")
-    with pytest.raises(ValueError, match="k must be a positive int"):
+    with pytest.raises(ValueError, match="k must be >= 1"):
         plot.plot_misclassified(images, labels, np.zeros((N, K)), tmp_path / "x.png", k=0)
     with pytest.raises(ValueError, match="figsize must be"):
         plot.plot_history(HISTORY, tmp_path / "x.png", figsize=(0, 3))

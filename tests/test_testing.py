@@ -172,7 +172,7 @@ def test_bad_arguments():
         assert_matches_engine(*relu, "conv3d")
     with pytest.raises(TypeError, match="callables"):
         assert_matches_engine(None, relu[1], "relu")
-    with pytest.raises(ValueError, match="max_examples must be a positive int"):
+    with pytest.raises(ValueError, match="max_examples must be >= 1"):
         assert_matches_engine(*relu, "relu", max_examples=0)
     with pytest.raises(ValueError, match="unknown backend"):
         assert_matches_engine(*relu, "relu", backend="no_such_backend")
