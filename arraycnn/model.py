@@ -201,11 +201,13 @@ class Sequential:
         ``x (B, ...)`` in the model's dtype; ``targets`` what the loss takes (class ids ``(B,)`` already
         validated on the host for softmax cross-entropy).
         """
-        out = self.forward(x, train=True)
-        loss, cache = self.loss.forward(out, targets)
-        self.backward(self.loss.backward(1.0, cache), input_grad=False)
-        optimizer.step(self.parameters(), self.gradients())
+        # --8<-- [start:train_step]
+        out = self.forward(x, train=True)                                # 3. every layer's forward
+        loss, cache = self.loss.forward(out, targets)                    # 4. the loss ...
+        self.backward(self.loss.backward(1.0, cache), input_grad=False)  # ... its gradient; 5. backward
+        optimizer.step(self.parameters(), self.gradients())              # 6. update in place
         return loss
+        # --8<-- [end:train_step]
 
     def predict(self, x: Array, batch_size: int | None = None) -> Array:
         """Outputs ``(N, ...)`` for device inputs ``x (N, ...)`` in evaluation mode, ``batch_size`` rows at a time
