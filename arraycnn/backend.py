@@ -43,13 +43,16 @@ def _cupy_namespace() -> ModuleType:
         import cupy
     except ImportError as exc:  # pragma: no cover - depends on the machine
         raise BackendUnavailableError(
-            "backend 'cupy' needs CuPy: pip install 'arraycnn[cuda12]' (and a CUDA device)"
+            "backend 'cupy' needs CuPy built for this machine's CUDA: pip install 'arraycnn[cuda12]' "
+            "(CUDA 12.x) or 'arraycnn[cuda13]' (CUDA 13.x), and a CUDA device"
         ) from exc
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # CUDARuntimeError, missing driver, ...  # pragma: no cover
         raise BackendUnavailableError(
-            f"backend 'cupy' needs a CUDA device, but none is usable here ({type(exc).__name__}: {exc})"
+            f"backend 'cupy' needs a CUDA device, but none is usable here ({type(exc).__name__}: {exc}); "
+            "check that the CuPy package matches the driver's CUDA: 'arraycnn[cuda12]' installs cupy-cuda12x, "
+            "'arraycnn[cuda13]' cupy-cuda13x"
         ) from None
     if count < 1:  # pragma: no cover
         raise BackendUnavailableError("backend 'cupy' needs a CUDA device, but this machine has none")
@@ -105,6 +108,13 @@ def backend_name(xp: ModuleType) -> str:
     """A short name for a namespace: 'numpy', 'cupy', 'array_api_strict', ..."""
     name = xp.__name__
     return name.removeprefix("array_api_compat.")
+
+
+def slices_are_views(xp: ModuleType) -> bool:
+    """True where a basic slice, and a reshape of a contiguous array, share memory with the array, so that
+    writing into one is seen through the other (NumPy, CuPy, PyTorch). The standard leaves it unspecified
+    (array-api-strict): there, code must write results back explicitly."""
+    return backend_name(xp) in ("numpy", "cupy", "torch")
 
 
 def resolve_dtype(xp: ModuleType, dtype: str | Any = DEFAULT_DTYPE) -> Any:
