@@ -97,3 +97,40 @@ def softmax_cross_entropy(logits, onehot, dloss):
 def categorical_crossentropy(probs, onehot):
     """The tutorial's loss: mean of ``tf.losses.categorical_crossentropy(t, y)`` on probabilities."""
     return float(tf.reduce_mean(tf.keras.losses.categorical_crossentropy(onehot, probs)).numpy())
+
+
+def conv2d_transpose(x, w, b, stride, padding, output_padding, dy):
+    """``tf.nn.conv2d_transpose`` with explicit padding and an explicit output shape
+    ``OH = (H - 1)*sh - 2*ph + KH + oph``; ``w (K, KH, KW, C)`` -> TF's ``(KH, KW, C, K)``."""
+    (sh, sw), (ph, pw), (oph, opw) = stride, padding, output_padding
+    n, h, wd, _ = x.shape
+    _, kh, kw, c = w.shape
+    out_shape = [n, (h - 1) * sh - 2 * ph + kh + oph, (wd - 1) * sw - 2 * pw + kw + opw, c]
+
+    def fn(x_, w_, b_):
+        y = tf.nn.conv2d_transpose(x_, tf.transpose(w_, (1, 2, 3, 0)), output_shape=out_shape, strides=[1, sh, sw, 1],
+                                   padding=[[0, 0], [ph, ph], [pw, pw], [0, 0]])
+        return y + b_
+
+    return _vjp(fn, [x, w, b], dy)
+
+
+def batch_norm(x, gamma, beta, eps, dy):
+    """``tf.nn.moments`` over every axis but the last (biased variance) and ``tf.nn.batch_normalization``."""
+    axes = list(range(x.ndim - 1))
+
+    def fn(x_, g_, b_):
+        mean, var = tf.nn.moments(x_, axes=axes)
+        return tf.nn.batch_normalization(x_, mean, var, offset=b_, scale=g_, variance_epsilon=eps)
+
+    return _vjp(fn, [x, gamma, beta], dy)
+
+
+def sigmoid(x, dy):
+    return _vjp(tf.math.sigmoid, [x], dy)
+
+
+def mean_squared_error(pred, target, dloss):
+    """``tf.reduce_mean(tf.square(pred - target))`` over every element and its gradient w.r.t. ``pred``."""
+    return _vjp(lambda p_: tf.reduce_mean(tf.math.squared_difference(p_, tf.constant(target, dtype=tf.float64))),
+                [pred], np.asarray(dloss, dtype=np.float64))
