@@ -7,19 +7,26 @@ parameters, the optimizer state, ``k``, the seed and the history. Loading it and
 state, since nothing else is random.
 
 Host reads: the loss stays on the device and is summed there; it is read back only at progress points
-and at the end of each epoch, which is also where NaN/inf is detected.
+and at the end of each epoch, which is also where divergence is detected.
 
-Abnormal stops keep the last good state: NaN/inf raises :class:`TrainingDivergedError` without
+Divergence: the running train loss is NaN/inf, or a classifier's exceeds :func:`loss_limit`, 100 x ln K
+(230 for ten classes: the untrained network's loss is about ln K, and training only lowers it), or the test
+loss after an epoch is NaN/inf. It is reported once, in one line; NumPy's overflow warnings on the way there
+are silenced (the NaN/inf they warn of is what the check reports).
+
+Abnormal stops keep the last good state: divergence raises :class:`TrainingDivergedError` without
 overwriting the checkpoint with a broken model; Ctrl-C writes the state of the last *completed* epoch
 (the parameters of a half-done epoch cannot be resumed exactly) and re-raises ``KeyboardInterrupt``.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,15 +41,17 @@ from .model import Sequential
 
 TRAINING_KEYS = ("epoch", "seed", "history", "optimizer")
 TQDM_REFRESH = 10  # batches between loss read-backs on a terminal progress bar
+DIVERGENCE_FACTOR = 100  # a classifier diverges when its running loss exceeds this times ln(classes)
 PLAIN_LINES = 4  # progress lines per epoch when stdout is not a terminal
 
 Log = Callable[[str], object]
 
-__all__ = ["TrainingDivergedError", "TrainingState", "fit", "load_training_state", "save_training_state"]
+__all__ = ["TrainingDivergedError", "TrainingState", "fit", "load_training_state", "loss_limit",
+           "save_training_state"]
 
 
 class TrainingDivergedError(FloatingPointError):
-    """The training loss became NaN or infinite; ``epoch`` is the 1-based epoch it happened in."""
+    """The training loss became NaN/inf or exceeded :func:`loss_limit`; ``epoch``: the 1-based epoch it did."""
 
     def __init__(self, message: str, epoch: int) -> None:
         super().__init__(message)
@@ -197,12 +206,46 @@ class _Plan:
     progress: bool
 
 
-def _diverged(value: float, epoch: int, plan: _Plan, where: str) -> TrainingDivergedError:
-    return TrainingDivergedError(
-        f"training diverged: the mean train loss is {value} in epoch {epoch}/{plan.epochs} ({where}); "
+def loss_limit(model: Sequential) -> float:
+    """The running train loss above which :func:`fit` stops: diverging, even though still finite.
+
+    A classifier's untrained loss is about ``ln K`` (a uniform guess over ``K`` classes: ln 10 = 2.30), and
+    training only lowers it; a loss of ``DIVERGENCE_FACTOR * ln K`` (230 for ten classes) means the steps
+    overshoot, and it only grows from there (SGD at lr 1000 reaches 1e13 within the first epoch). A loss
+    with no such scale (mean squared error) stops on NaN/inf only (``inf``).
+    """
+    return DIVERGENCE_FACTOR * math.log(data.NUM_CLASSES) if model.loss.classifies else math.inf
+
+
+def _check_loss(value: float, limit: float, epoch: int, plan: _Plan, where: str, what: str = "train") -> None:
+    """Raise TrainingDivergedError when ``value`` is NaN/inf or above ``limit`` (see :func:`loss_limit`)."""
+    if math.isfinite(value) and value <= limit:
+        return
+    why = "" if not math.isfinite(value) else (
+        f", over {DIVERGENCE_FACTOR} x ln {data.NUM_CLASSES} = {limit:.0f} (the untrained network's loss is "
+        f"about ln {data.NUM_CLASSES} = {limit / DIVERGENCE_FACTOR:.2f})")
+    raise TrainingDivergedError(
+        f"training diverged: the mean {what} loss is {value:.4g} in epoch {epoch}/{plan.epochs} ({where}){why}; "
         "stopping. Try a smaller learning rate.", epoch)
 
 
+def _without_floating_point_warnings(fn: Callable) -> Callable:
+    """``fn`` with NumPy's overflow/invalid/divide warnings silenced in every thread (the NumPy execution's
+    workers too: ``np.errstate`` would hold in the calling thread only).
+
+    A step that overflows makes the loss NaN/inf, which :func:`_check_loss` reports once, in one clear line.
+    """
+
+    @functools.wraps(fn)
+    def quiet(*args: Any, **kwargs: Any) -> Any:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", r"(overflow|invalid value|divide by zero) encountered", RuntimeWarning)
+            return fn(*args, **kwargs)
+
+    return quiet
+
+
+@_without_floating_point_warnings
 def _run_epoch(model: Sequential, dataset: data.Dataset, optimizer: Any, epoch: int, plan: _Plan,
                log: Log) -> dict[str, Any]:
     """Train 0-based ``epoch`` and evaluate; returns its history record (``epoch`` 1-based)."""
@@ -213,7 +256,7 @@ def _run_epoch(model: Sequential, dataset: data.Dataset, optimizer: Any, epoch: 
     progress = _Progress(f"epoch {epoch + 1}/{plan.epochs}", total, plan.progress, log)
     loss_sum = xp.zeros((), dtype=model.dtype, device=model.device)
     correct, seen = xp.zeros((), dtype=xp.int64, device=model.device), 0
-    start = time.perf_counter()
+    start, limit = time.perf_counter(), loss_limit(model)
     try:
         for i, (images, labels) in enumerate(batches, 1):
             x, y = model.to_device_inputs(images), model.to_device_targets(labels)
@@ -222,18 +265,18 @@ def _run_epoch(model: Sequential, dataset: data.Dataset, optimizer: Any, epoch: 
             progress.advance()
             if progress.due(i):
                 running = float(to_numpy(loss_sum)) / seen
-                if not math.isfinite(running):
-                    raise _diverged(running, epoch + 1, plan, f"by batch {i}/{total}")
+                _check_loss(running, limit, epoch + 1, plan, f"by batch {i}/{total}")
                 progress.show(i, running, int(to_numpy(correct)) / seen)
         train_loss, train_acc = float(to_numpy(loss_sum)) / n, int(to_numpy(correct)) / n
     finally:
         progress.close()
     seconds = time.perf_counter() - start
-    if not math.isfinite(train_loss):
-        raise _diverged(train_loss, epoch + 1, plan, "over the whole epoch")
+    _check_loss(train_loss, limit, epoch + 1, plan, "over the whole epoch")
     test_loss = test_acc = None
     if len(dataset.test_labels):
         test_loss, test_acc = model.evaluate(dataset.test_images, dataset.test_labels)
+    if test_loss is not None:  # the last steps may have broken the parameters: NaN/inf only
+        _check_loss(test_loss, math.inf, epoch + 1, plan, "on the test set after the epoch", "test")
     return {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
             "test_acc": test_acc, "seconds": seconds, "images_per_second": n / seconds}
 
@@ -266,8 +309,9 @@ def fit(
     added to its metadata) is written there atomically after every epoch. ``interrupt_path``: where Ctrl-C
     saves the last completed state when there is no ``checkpoint_path``.
 
-    Raises :class:`TrainingDivergedError` when the loss becomes NaN/inf (the checkpoint keeps the last good
-    epoch) and re-raises ``KeyboardInterrupt`` after saving the last completed epoch.
+    Raises :class:`TrainingDivergedError` when training diverges (module docstring: NaN/inf, or a running loss
+    above :func:`loss_limit`; the checkpoint keeps the last good epoch) and re-raises ``KeyboardInterrupt``
+    after saving the last completed epoch.
     """
     plan = _Plan(check_int(epochs, "epochs", 0), check_int(batch_size, "batch_size", 1),
                  check_int(seed, "seed", 0), bool(augment), bool(progress))
