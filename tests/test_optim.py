@@ -1,5 +1,6 @@
-"""Tests of arraycnn.optim: Adam against TensorFlow's, SGD against a NumPy loop, in-place updates,
-checkpoint round-trips, dtypes, argument checks and convergence on a quadratic."""
+"""Tests of arraycnn.optim: Adam against TensorFlow's and a per-tensor float64 reference, SGD against a NumPy
+loop, the flat buffer against per-tensor steps, adopted views, in-place updates, checkpoint round-trips,
+dtypes, argument checks and convergence on a quadratic."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from types import ModuleType
 
 import numpy as np
 import pytest
+from conftest import TOLERANCES
 
-from arraycnn.backend import Array, cuda_available, get_namespace, to_device, to_numpy
+from arraycnn.backend import Array, cuda_available, get_namespace, slices_are_views, to_device, to_numpy
 from arraycnn.optim import SGD, Adam, Optimizer
 
 BACKENDS = [
@@ -22,6 +24,11 @@ BACKENDS = [
 ]
 SHAPES = [(3, 3, 2, 4), (4,), (5, 2)]  # a conv kernel, a bias, a dense matrix
 STEPS = 10
+MAKERS = {  # fresh optimisers per test: instances must not carry state from one parametrisation to the next
+    "sgd": lambda: SGD(0.1),
+    "sgd-momentum": lambda: SGD(0.1, momentum=0.9),
+    "adam": lambda: Adam(1e-2),
+}
 
 
 @pytest.fixture(params=BACKENDS)
@@ -140,14 +147,104 @@ def test_sgd_matches_numpy_loop(xp: ModuleType, dtype: str, momentum: float) -> 
 
 
 # --------------------------------------------------------------------------------------------------------
+# one flat buffer against one update per tensor
+
+
+def _reference_adam(p0: list[np.ndarray], grads: list[list[np.ndarray]], lr: float, beta1: float, beta2: float,
+                    eps: float) -> list[np.ndarray]:
+    """Adam as the class docstring writes it, tensor by tensor, in float64."""
+    params = [p.astype(np.float64) for p in p0]
+    m = [np.zeros_like(p) for p in params]
+    v = [np.zeros_like(p) for p in params]
+    for t, step in enumerate(grads, start=1):
+        for i, g in enumerate(step):
+            g = g.astype(np.float64)
+            m[i] = beta1 * m[i] + (1 - beta1) * g
+            v[i] = beta2 * v[i] + (1 - beta2) * g**2
+            params[i] -= lr * math.sqrt(1 - beta2**t) / (1 - beta1**t) * m[i] / (np.sqrt(v[i]) + eps)
+    return params
+
+
+def test_adam_matches_a_per_tensor_reference(xp: ModuleType, dtype: str) -> None:
+    """The flat update against the textbook per-tensor form in float64, to the dtype's tolerance."""
+    lr, beta1, beta2, eps = 1e-2, 0.9, 0.999, 1e-7
+    p0, grads = _problem(dtype)
+    params = [_dev(p, xp) for p in p0]
+    opt = Adam(lr, beta1, beta2, eps)
+    for g in grads:
+        opt.step(params, [_dev(x, xp) for x in g])
+    for i, (ours, ref) in enumerate(zip(params, _reference_adam(p0, grads, lr, beta1, beta2, eps), strict=True)):
+        TOLERANCES[dtype].assert_close(ours, ref, f"param {i}")
+        assert not np.array_equal(to_numpy(ours), p0[i])
+
+
+@pytest.mark.parametrize("kind", MAKERS)
+def test_flat_step_equals_one_optimizer_per_tensor(xp: ModuleType, dtype: str, kind: str) -> None:
+    """One optimiser over all tensors (one flat buffer) against one optimiser per tensor; and a run whose odd
+    steps hold back parameter 1's gradient, which sends the others down the per-tensor path on segments of
+    the flat state. The same element-wise ops on the same numbers: CPU backends agree bitwise; on a GPU
+    we allow 4 ulps per step."""
+    p0, grads = _problem(dtype)
+    flat, alone, mixed = ([_dev(p, xp) for p in p0] for _ in range(3))
+    opt, per_tensor, other = MAKERS[kind](), [MAKERS[kind]() for _ in p0], MAKERS[kind]()
+    for k, g in enumerate(grads):
+        opt.step(flat, [_dev(x, xp) for x in g])
+        for o, p, x in zip(per_tensor, alone, g, strict=True):
+            o.step([p], [_dev(x, xp)])
+        other.step(mixed, [None if k % 2 and i == 1 else _dev(x, xp) for i, x in enumerate(g)])
+    for a, b in [*zip(flat, alone, strict=True), (mixed[0], alone[0]), (mixed[2], alone[2])]:
+        if _is_cpu(xp):
+            np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+        else:
+            np.testing.assert_allclose(to_numpy(a), to_numpy(b), rtol=4 * STEPS * _eps(dtype))
+    assert not np.array_equal(to_numpy(mixed[1]), to_numpy(alone[1]))  # it missed half its updates
+
+
+@pytest.mark.parametrize("kind", MAKERS)
+def test_adopted_parameters_are_views_of_the_flat_buffer(xp: ModuleType, dtype: str, kind: str) -> None:
+    """adopt() returns the same values; stepping the adopted arrays gives bitwise what stepping the originals
+    gives, and where slices are views (NumPy, CuPy) the arrays are updated with no scatter: they share the
+    optimiser's buffer. Arrays that are not the adopted ones are still stepped correctly (gather/scatter)."""
+    p0, grads = _problem(dtype)
+    plain, opt_plain = [_dev(p, xp) for p in p0], MAKERS[kind]()
+    opt = MAKERS[kind]()
+    adopted = opt.adopt([_dev(p, xp) for p in p0])
+    assert [tuple(a.shape) for a in adopted] == [p.shape for p in p0]
+    for a, p in zip(adopted, p0, strict=True):
+        np.testing.assert_array_equal(to_numpy(a), p)
+    for g in grads[:4]:
+        opt.step(adopted, [_dev(x, xp) for x in g])
+        opt_plain.step(plain, [_dev(x, xp) for x in g])
+    if slices_are_views(xp):
+        assert opt._adopted(adopted)
+        adopted[0][...] = 0.0  # writing through a view writes the optimiser's buffer
+        assert float(to_numpy(xp.max(xp.abs(opt._flat[:p0[0].size])))) == 0.0
+        adopted[0][...] = _dev(to_numpy(plain[0]), xp)
+    else:
+        assert not opt._adopted(adopted)  # array-api-strict: the arrays are returned as they are
+    copies = [_dev(to_numpy(a), xp) for a in adopted]  # e.g. a model reloaded into fresh arrays
+    for g in grads[4:]:
+        opt.step(copies, [_dev(x, xp) for x in g])
+        opt_plain.step(plain, [_dev(x, xp) for x in g])
+    for a, b in zip(copies, plain, strict=True):
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+
+
+def test_adopt_checks_its_arguments() -> None:
+    p0, grads = _problem("float32")
+    opt = Adam()
+    opt.step(list(p0), list(grads[0]))
+    with pytest.raises(ValueError, match="first stepped with 3 params, got 2"):
+        opt.adopt(p0[:2])
+    with pytest.raises(ValueError, match=r"params\[1\] has shape \(5,\) but this optimizer's state for it has \(4,\)"):
+        opt.adopt([p0[0], np.zeros(5, np.float32), p0[2]])
+    with pytest.raises(TypeError, match="share one dtype"):
+        Adam().adopt([p0[0], p0[1].astype(np.float64)])
+
+
+# --------------------------------------------------------------------------------------------------------
 # in place, dtype, None gradients
 
-
-MAKERS = {  # fresh optimisers per test: instances must not carry state from one parametrisation to the next
-    "sgd": lambda: SGD(0.1),
-    "sgd-momentum": lambda: SGD(0.1, momentum=0.9),
-    "adam": lambda: Adam(1e-2),
-}
 
 
 @pytest.mark.parametrize("kind", MAKERS)
