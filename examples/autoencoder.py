@@ -128,8 +128,6 @@ def train(args: argparse.Namespace, log: Any) -> int:
         log(f"\ninterrupted during epoch {len(history) + 1}")
     final = history[-1]["test_mse"] if history else reconstruction_mse(model, ds.test_images)
     seconds = time.perf_counter() - started
-    if code == 0:
-        log(f"final test MSE {final:.5f} on {len(ds.test_labels):,} test images; {seconds:.1f} s in all")
     if args.metrics_json:
         write_metrics(args, ds, model, history, status, final, seconds)
     if args.plot and code != EXIT_DIVERGED:
@@ -138,6 +136,9 @@ def train(args: argparse.Namespace, log: Any) -> int:
         shown = ds.test_images[:SHOW_RECONSTRUCTIONS]
         path = plot_reconstructions(shown, model.predict(model.to_device_inputs(shown)), args.plot)
         log(f"reconstructions: {path}")
+    if code == 0:
+        log(f"{seconds:.1f} s in all; the test MSE is the mean over {len(ds.test_labels):,} test images' pixels")
+        log(f"final test MSE {final:.5f}")
     return code
 
 
