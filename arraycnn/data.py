@@ -40,6 +40,12 @@ from arraycnn.backend import Array, resolve_dtype, to_device
 NAMES = ("mnist", "fashion_mnist")
 SOURCES = ("auto", "tfds", "idx", "bundled")
 NUM_CLASSES = 10
+CLASS_NAMES = {
+    "mnist": tuple(str(digit) for digit in range(NUM_CLASSES)),
+    # Fashion-MNIST's labels 0..9, as its authors name them
+    "fashion_mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                      "Ankle boot"),
+}
 IMAGE_SHAPE = (28, 28, 1)
 AUGMENT_MAX_SHIFT = 2
 
@@ -100,6 +106,13 @@ def _check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ValueError(f"unknown {name} {value!r}: expected one of {', '.join(map(repr, choices))}")
     return value
+
+
+def class_names(dataset: str | Dataset) -> tuple[str, ...]:
+    """The names of the ten classes, indexed by label: ``("0", ..., "9")`` for MNIST, ``("T-shirt/top", ...,
+    "Ankle boot")`` for Fashion-MNIST. ``dataset``: a name in :data:`NAMES` or a :class:`Dataset`."""
+    name = dataset.name if isinstance(dataset, Dataset) else dataset
+    return CLASS_NAMES[_check_choice(name, "dataset", NAMES)]
 
 
 def _check_image_array(images: Any, name: str) -> None:
@@ -191,15 +204,17 @@ def has_idx_files(directory: str | os.PathLike) -> bool:
 
 
 def _idx_paths(directory: Path) -> dict[str, Path]:
+    """The four IDX files in ``directory``; FileNotFoundError naming each expected file once otherwise."""
     expected = ", ".join(f"{base}[.gz]" for base in IDX_FILES.values())
     if not directory.is_dir():
         raise FileNotFoundError(f"IDX directory {directory} does not exist; it should hold {expected}")
     paths = {key: _idx_path(directory, base) for key, base in IDX_FILES.items()}
     missing = [f"{IDX_FILES[key]}[.gz]" for key, p in paths.items() if p is None]
+    if len(missing) == len(IDX_FILES):
+        raise FileNotFoundError(f"IDX directory {directory} holds none of the four IDX files {expected}")
     if missing:
-        raise FileNotFoundError(
-            f"IDX directory {directory} lacks {', '.join(missing)}; it should hold the four files {expected}"
-        )
+        present = ", ".join(p.name for p in paths.values() if p is not None)
+        raise FileNotFoundError(f"IDX directory {directory} lacks {', '.join(missing)} (it holds {present})")
     return paths  # type: ignore[return-value]
 
 
