@@ -306,7 +306,8 @@ class BatchNorm(Layer):
     PyTorch's ``BatchNorm2d``: ``running = (1 - momentum)*running + momentum*batch``, the variance taken
     UNBIASED (``· M/(M - 1)``, ``M = N*H*W`` values per channel). Evaluation: the running statistics
     normalise (:func:`~arraycnn.functional.batch_norm_inference`). ``state()`` holds ``running_mean`` and
-    ``running_var`` (zeros and ones at first), saved in checkpoints.
+    ``running_var`` (zeros and ones at first), saved in checkpoints. Both are updated and loaded IN PLACE, so
+    the shallow replicas that :mod:`arraycnn.execution` predicts with always see the current values.
     """
 
     mixes_rows = True   # the batch statistics couple every row of the batch
@@ -338,8 +339,8 @@ class BatchNorm(Layer):
     def load_state(self, state: dict[str, np.ndarray]) -> None:
         like = self.running_mean
         xp, dev = array_api_compat.array_namespace(like), array_api_compat.device(like)
-        self.running_mean = to_device(state["running_mean"], xp, like.dtype, dev)
-        self.running_var = to_device(state["running_var"], xp, like.dtype, dev)
+        self.running_mean[...] = to_device(state["running_mean"], xp, like.dtype, dev)
+        self.running_var[...] = to_device(state["running_var"], xp, like.dtype, dev)
 
     def _forward(self, x: Array, train: bool) -> tuple[Array, Any]:
         gamma, beta = self.params["gamma"], self.params["beta"]
@@ -352,8 +353,8 @@ class BatchNorm(Layer):
         y, cache = F.batch_norm_forward(x, gamma, beta, self.eps)
         # --8<-- [start:running_stats]
         mom = self.momentum
-        self.running_mean = (1.0 - mom) * self.running_mean + mom * cache.mean
-        self.running_var = (1.0 - mom) * self.running_var + mom * (m / (m - 1)) * cache.var
+        self.running_mean[...] = (1.0 - mom) * self.running_mean + mom * cache.mean
+        self.running_var[...] = (1.0 - mom) * self.running_var + mom * (m / (m - 1)) * cache.var
         # --8<-- [end:running_stats]
         return y, cache
 
