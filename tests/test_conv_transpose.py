@@ -168,3 +168,30 @@ def test_backward_refuses_wrong_dy_shape(xp):
     _, cache = conv2d_transpose_forward(x, w, stride=2)
     with pytest.raises(ValueError, match=r"dy must have the output's shape \(N, OH, OW, C\) = \(2, 7, 7, 4\)"):
         conv2d_transpose_backward(xp.zeros((2, 7, 7, 3), dtype=xp.float64), cache)
+
+
+def test_a_learners_version_built_from_the_convolution_matches_the_engine():
+    """assert_matches_engine("conv2d_transpose") on an implementation that runs the convolution backwards:
+    forward = conv2d_backward's dx, backward = conv2d_forward (and its weight gradient with x as dY)."""
+    from arraycnn.testing import assert_matches_engine
+
+    def pair(v):
+        return tuple(v) if isinstance(v, tuple | list) else (v, v)
+
+    def my_forward(x, w, b, stride, padding, output_padding):
+        (sh, sw), (ph, pw), (oph, opw) = pair(stride), pair(padding), pair(output_padding)
+        n, h, wd, _ = x.shape
+        _, kh, kw, c = w.shape
+        canvas = np.zeros((n, (h - 1) * sh - 2 * ph + kh + oph, (wd - 1) * sw - 2 * pw + kw + opw, c))
+        _, conv_cache = conv2d_forward(canvas, w, stride=stride, padding=padding)
+        y, _, _ = conv2d_backward(x, conv_cache)
+        return y + b, (x, w, stride, padding)
+
+    def my_backward(dy, cache):
+        x, w, stride, padding = cache
+        dx, conv_cache = conv2d_forward(dy, w, stride=stride, padding=padding)
+        _, dw, _ = conv2d_backward(x, conv_cache)
+        return dx, dw, dy.sum(axis=(0, 1, 2))
+
+    assert_matches_engine(my_forward, my_backward, "conv2d_transpose", max_examples=30, seed=0)
+    assert_matches_engine(my_forward, my_backward, "conv2d_transpose", max_examples=10, square=True, seed=1)

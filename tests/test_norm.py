@@ -150,3 +150,18 @@ def test_bad_dtypes_and_arrays(xp):
     _, cache = batch_norm_forward(x, g, g)
     with pytest.raises(ValueError, match=r"dy must have the input's shape \(4, 3\)"):
         batch_norm_backward(to_xp(xp, np.zeros((3, 4)), "float64"), cache)
+
+
+def test_assert_matches_engine_catches_a_backward_that_treats_the_statistics_as_constants():
+    """The classic batch-norm bug: dx = gamma dy / sqrt(var + eps), forgetting that mu and var depend on x."""
+    from arraycnn.testing import EngineMismatchError, assert_matches_engine
+
+    def naive_backward(dy, cache):
+        _, dgamma, dbeta = batch_norm_backward(dy, cache)
+        return cache.gamma * cache.inv_std * dy, dgamma, dbeta
+
+    with pytest.raises(EngineMismatchError) as info:
+        assert_matches_engine(batch_norm_forward, naive_backward, "batch_norm", max_examples=30, seed=0)
+    report = str(info.value)
+    assert "configuration: x (" in report and "\n  dx: " in report
+    assert "\n  dgamma: " not in report and "\n  dbeta: " not in report and "\n  y: " not in report
