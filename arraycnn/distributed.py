@@ -118,7 +118,7 @@ class Communicator:
 
     * ``rank``, ``size`` -- this process's index and the number of processes;
     * ``local_rank``, ``local_size`` -- the same among the processes of this machine (``local_rank``
-      picks the GPU);
+      picks the GPU); :meth:`rows` -- this rank's rows of a global batch;
     * :meth:`allreduce_sum` (in place, one fused buffer), :meth:`broadcast` (in place),
       :meth:`allreduce_scalars` (host floats), :meth:`broadcast_scalars`;
     * :meth:`deferred_interrupts`, :meth:`stop_requested`, :meth:`barrier`, :meth:`abort` -- stopping
@@ -138,6 +138,10 @@ class Communicator:
     def is_root(self) -> bool:
         """True on rank 0, the rank that logs, plots and writes files."""
         return self.rank == 0
+
+    def rows(self, n: int) -> slice:
+        """This rank's contiguous rows of a global batch of ``n`` rows: ``[n r / P, n (r + 1) / P)``."""
+        return slice(n * self.rank // self.size, n * (self.rank + 1) // self.size)
 
     # -- array collectives ------------------------------------------------------------------------------
     def allreduce_sum(self, arrays: Sequence[Array]) -> None:
@@ -297,8 +301,8 @@ class MPICommunicator(Communicator):
 class NCCLCommunicator(MPICommunicator):
     """CuPy arrays reduced by NCCL, GPU to GPU, on the current stream; one GPU per rank.
 
-    ``device``: the CUDA device id this rank uses (default: its ``local_rank`` modulo the GPUs of the
-    machine); it is made current, and the NCCL communicator is bound to it. Rank 0 draws NCCL's unique
+    ``device``: the CUDA device id this rank uses (default: its ``local_rank``: one GPU per rank); it is
+    made current, and the NCCL communicator is bound to it. Rank 0 draws NCCL's unique
     id and MPI carries it (``Bcast`` of its 128 bytes). Host scalars and stop votes go over MPI.
     """
 
@@ -308,7 +312,7 @@ class NCCLCommunicator(MPICommunicator):
         from cupy.cuda import nccl
 
         self._cupy, self._nccl = cupy, nccl
-        self.device = self.local_rank % cupy.cuda.runtime.getDeviceCount() if device is None else int(device)
+        self.device = self.local_rank if device is None else int(device)
         cupy.cuda.Device(self.device).use()
         uid = np.zeros(NCCL_UNIQUE_ID_BYTES, np.int64)
         if self.rank == 0:

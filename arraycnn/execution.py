@@ -16,6 +16,11 @@ independently (``Layer.mixes_rows`` is False); a model with a row-mixing layer r
   loops), BLAS held to one thread inside. The chunks' gradients are added in chunk order whatever thread
   computed them, so the result is bitwise the same for any number of threads.
 
+Ranks (data parallelism over processes, ``docs/distributed.md``) are parts too: given a ``communicator``
+(:mod:`arraycnn.distributed`), each rank passes its rows of the global batch and the global batch's row
+count, so its shares are of the global batch, and one all-reduce sums the gradients, loss and count over
+the ranks before the optimizer step: every rank then takes the same step.
+
 :func:`default_execution` picks one for a namespace; a model takes another as ``Sequential(...,
 execution=...)``.
 """
@@ -34,6 +39,7 @@ import array_api_compat
 
 from ._checks import check_int
 from .backend import Array, backend_name
+from .distributed import Communicator
 
 CHUNK_ROWS = 32  # beyond ~32 images the second conv's patches (32 x 484 x 90 floats) fall out of the caches
 MAX_THREADS = 4  # more threads than this gain nothing on the tutorial network (docs/benchmarks.md)
@@ -55,18 +61,54 @@ def part_loss_and_gradients(model: Any, x: Array, targets: Array, share: float) 
 
 
 class Execution:
-    """The whole batch in one piece (the default for every library but NumPy)."""
+    """The whole batch in one piece (the default for every library but NumPy).
 
-    def train_step(self, model: Any, x: Array, targets: Array, optimizer: Any) -> tuple[Array, Array]:
-        """One step -> ``(mean loss, number correct)``, both 0-d on the device."""
-        loss, correct = self.loss_and_gradients(model, x, targets)
+    ``communicator``: the ranks of a data-parallel run (default: one process, see the module docstring).
+    """
+
+    def __init__(self, communicator: Communicator | None = None) -> None:
+        if communicator is not None and not isinstance(communicator, Communicator):
+            raise TypeError(f"communicator must be an arraycnn.distributed.Communicator, got {communicator!r}")
+        self.communicator = Communicator() if communicator is None else communicator
+
+    def train_step(self, model: Any, x: Array, targets: Array, optimizer: Any,
+                   total: int | None = None) -> tuple[Array, Array]:
+        """One step -> ``(mean loss, number correct)`` of the batch, both 0-d on the device.
+
+        ``total``: the rows of the global batch of which ``x`` holds this rank's (default ``x.shape[0]``);
+        the loss and count returned are then the global batch's, the same on every rank.
+        """
+        total = x.shape[0] if total is None else check_int(total, "total", max(1, x.shape[0]))
+        if self.communicator.size == 1:
+            loss, correct = self.loss_and_gradients(model, x, targets, total)
+        else:
+            loss, correct = self._sum_over_ranks(model, x, targets, total)
         optimizer.step(model.parameters(), model.gradients())
         return loss, correct
 
-    def loss_and_gradients(self, model: Any, x: Array, targets: Array) -> tuple[Array, Array]:
-        """Leave the batch's parameter gradients in the model; returns ``(mean loss, number correct)``."""
-        loss, correct, _ = part_loss_and_gradients(model, x, targets, 1.0)
+    def loss_and_gradients(self, model: Any, x: Array, targets: Array,
+                           total: int | None = None) -> tuple[Array, Array]:
+        """Leave the part's parameter gradients, its loss gradient scaled by ``x.shape[0] / total``, in the
+        model; returns ``(share * mean loss, number correct)``."""
+        share = 1.0 if total is None else x.shape[0] / total
+        loss, correct, _ = part_loss_and_gradients(model, x, targets, share)
         return loss, correct
+
+    def _sum_over_ranks(self, model: Any, x: Array, targets: Array, total: int) -> tuple[Array, Array]:
+        """This rank's share-weighted part, then ONE all-reduce of its gradients, loss and count."""
+        if any(layer.mixes_rows for layer in model.layers):
+            raise ValueError("a model with a layer that mixes the rows of a batch (e.g. BatchNorm) cannot be "
+                             "split over ranks exactly: each rank would use its own rows' statistics")
+        xp = model.xp
+        if x.shape[0]:
+            loss, correct = self.loss_and_gradients(model, x, targets, total)
+        else:  # a last batch smaller than the number of ranks leaves this rank nothing: it adds zeros
+            model.set_gradients([xp.zeros_like(p) for p in model.parameters()])
+            loss, correct = xp.zeros((), dtype=model.dtype, device=model.device), 0
+        stats = xp.stack([xp.reshape(xp.asarray(loss, dtype=model.dtype), ()),
+                          xp.astype(xp.asarray(correct, device=model.device), model.dtype)])
+        self.communicator.allreduce_sum([*model.gradients(), stats])  # counts stay exact below 2**24
+        return stats[0], xp.astype(stats[1], xp.int64)
 
     def predict(self, model: Any, x: Array) -> Array:
         """The model's outputs for ``x (N, ...)`` in evaluation mode (no cache kept)."""
@@ -107,8 +149,11 @@ class ChunkedExecution(Execution):
     in one piece; prediction is always chunked (no layer mixes rows in evaluation mode).
     """
 
-    def __init__(self, threads: int | None = None, chunk_rows: int = CHUNK_ROWS) -> None:
-        self.threads = default_threads() if threads is None else check_int(threads, "threads", 1)
+    def __init__(self, threads: int | None = None, chunk_rows: int = CHUNK_ROWS,
+                 communicator: Communicator | None = None) -> None:
+        super().__init__(communicator)
+        self.threads = (default_threads(self.communicator.local_size) if threads is None
+                        else check_int(threads, "threads", 1))
         self.chunk_rows = check_int(chunk_rows, "chunk_rows", 1)
         self._pool: ThreadPoolExecutor | None = None
         self._replicas: dict[int, list[Any]] = {}
@@ -116,14 +161,17 @@ class ChunkedExecution(Execution):
     def __repr__(self) -> str:
         return f"ChunkedExecution(threads={self.threads}, chunk_rows={self.chunk_rows})"
 
-    def loss_and_gradients(self, model: Any, x: Array, targets: Array) -> tuple[Array, Array]:
+    def loss_and_gradients(self, model: Any, x: Array, targets: Array,
+                           total: int | None = None) -> tuple[Array, Array]:
         if any(layer.mixes_rows for layer in model.layers):
             with blas_threads(1):
-                return super().loss_and_gradients(model, x, targets)
+                return super().loss_and_gradients(model, x, targets, total)
         n = x.shape[0]
+        total = n if total is None else total
 
         def run(replica: Any, part: slice) -> tuple[Array, Array, list]:
-            return part_loss_and_gradients(replica, x[part, ...], targets[part, ...], (part.stop - part.start) / n)
+            return part_loss_and_gradients(replica, x[part, ...], targets[part, ...],
+                                           (part.stop - part.start) / total)
 
         results = self._map(model, run, chunks(n, self.chunk_rows))
         loss, correct = add_in_order([r[:2] for r in results])
@@ -168,22 +216,29 @@ class ChunkedExecution(Execution):
         self._replicas.clear()
 
 
-def default_threads() -> int:
+def default_threads(ranks_here: int = 1) -> int:
     """Threads for :class:`ChunkedExecution`: ``ARRAYCNN_THREADS`` if set, else the usable cores (at most
-    ``MAX_THREADS``)."""
+    ``MAX_THREADS``). ``ranks_here``: the processes of a distributed run on this machine, which share its
+    cores unless the launcher bound each to its own."""
     env = os.environ.get(THREADS_ENV)
     if env:
         if not env.isdigit() or int(env) < 1:
             raise ValueError(f"{THREADS_ENV} must be a positive integer, got {env!r}")
         return int(env)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    machine = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else machine
+    if cores == machine:  # not bound by the launcher: the ranks on this machine share it
+        cores //= check_int(ranks_here, "ranks_here", 1)
     return max(1, min(cores, MAX_THREADS))
 
 
-def default_execution(xp: Any) -> Execution:
-    """What a namespace wants: chunks over threads for NumPy (one op runs on one core); the whole batch in
-    one piece for a GPU or a library that parallelises inside each op."""
-    return ChunkedExecution() if backend_name(xp) == "numpy" else Execution()
+def default_execution(xp: Any, communicator: Communicator | None = None, threads: int | None = None) -> Execution:
+    """What a namespace wants: chunks over ``threads`` threads for NumPy (one op runs on one core); the whole
+    batch in one piece for a GPU or a library that parallelises inside each op. ``communicator``: the
+    ranks of a data-parallel run (default one process)."""
+    if backend_name(xp) == "numpy":
+        return ChunkedExecution(threads, communicator=communicator)
+    return Execution(communicator)
 
 
 @cache

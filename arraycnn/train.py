@@ -17,6 +17,13 @@ are silenced (the NaN/inf they warn of is what the check reports).
 Abnormal stops keep the last good state: divergence raises :class:`TrainingDivergedError` without
 overwriting the checkpoint with a broken model; Ctrl-C writes the state of the last *completed* epoch
 (the parameters of a half-done epoch cannot be resumed exactly) and re-raises ``KeyboardInterrupt``.
+
+Data parallelism over ranks (``model.execution.communicator``, see :mod:`arraycnn.distributed`): every
+rank draws the same epoch order and augmentation and trains on its own rows of each global batch; the
+execution sums the gradients, loss and count over the ranks, so every rank reads the same running loss
+and the same divergence. Rank 0's parameters and optimizer state are broadcast at the start (and so on
+resume); only rank 0 logs, shows progress and writes checkpoints; a Ctrl-C on any rank stops every rank
+after the same step. The test set is evaluated in shards, one per rank.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import os
 import sys
 import time
 import warnings
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +45,7 @@ from . import data
 from ._checks import check_int
 from .backend import to_numpy
 from .checkpoint import OPTIM_PREFIX, read_npz, write_npz
+from .distributed import Communicator, StopRequested
 from .model import Sequential
 
 TRAINING_KEYS = ("epoch", "seed", "history", "optimizer")
@@ -150,11 +159,15 @@ class _LastGood:
 
 
 class _Progress:
-    """One epoch's progress: a tqdm bar when stdout is a terminal (and tqdm is installed), else plain lines."""
+    """One epoch's progress: a tqdm bar when stdout is a terminal (and tqdm is installed), else plain lines.
 
-    def __init__(self, title: str, total: int, enabled: bool, log: Log) -> None:
+    Over several ranks the read-backs (:meth:`due`) fall on the same batches on every rank (plain lines'
+    schedule), so all ranks check for divergence together; only rank 0's ``log`` prints.
+    """
+
+    def __init__(self, title: str, total: int, enabled: bool, log: Log, ranks: int = 1) -> None:
         self.title, self.total, self.log = title, total, log
-        self.bar = _tqdm_bar(title, total) if enabled and sys.stdout.isatty() else None
+        self.bar = _tqdm_bar(title, total) if enabled and ranks == 1 and sys.stdout.isatty() else None
         self.every = TQDM_REFRESH if self.bar is not None else max(1, math.ceil(total / (PLAIN_LINES + 1)))
         self.enabled = enabled
 
@@ -249,19 +262,22 @@ def _without_floating_point_warnings(fn: Callable) -> Callable:
 def _run_epoch(model: Sequential, dataset: data.Dataset, optimizer: Any, epoch: int, plan: _Plan,
                log: Log) -> dict[str, Any]:
     """Train 0-based ``epoch`` and evaluate; returns its history record (``epoch`` 1-based)."""
-    xp, n = model.xp, len(dataset.train_labels)
+    xp, n, comm = model.xp, len(dataset.train_labels), model.execution.communicator
     total = data.num_batches(n, plan.batch_size)
     batches = data.epoch_batches(dataset.train_images, dataset.train_labels, plan.batch_size, plan.seed,
                                  epoch, augment=plan.augment)
-    progress = _Progress(f"epoch {epoch + 1}/{plan.epochs}", total, plan.progress, log)
+    progress = _Progress(f"epoch {epoch + 1}/{plan.epochs}", total, plan.progress, log, comm.size)
     loss_sum = xp.zeros((), dtype=model.dtype, device=model.device)
     correct, seen = xp.zeros((), dtype=xp.int64, device=model.device), 0
     start, limit = time.perf_counter(), loss_limit(model)
     try:
         for i, (images, labels) in enumerate(batches, 1):
-            x, y = model.to_device_inputs(images), model.to_device_targets(labels)
-            loss, right = model.execution.train_step(model, x, y, optimizer)
+            mine = comm.rows(len(labels))  # this rank's rows of the global batch (all of it on one process)
+            x, y = model.to_device_inputs(images[mine]), model.to_device_targets(labels[mine])
+            loss, right = model.execution.train_step(model, x, y, optimizer, total=len(labels))
             loss_sum, correct, seen = loss_sum + loss * len(labels), correct + right, seen + len(labels)
+            if comm.stop_requested():
+                raise StopRequested(f"Ctrl-C on a rank: every rank stops after batch {i}/{total}")
             progress.advance()
             if progress.due(i):
                 running = float(to_numpy(loss_sum)) / seen
@@ -274,11 +290,45 @@ def _run_epoch(model: Sequential, dataset: data.Dataset, optimizer: Any, epoch: 
     _check_loss(train_loss, limit, epoch + 1, plan, "over the whole epoch")
     test_loss = test_acc = None
     if len(dataset.test_labels):
-        test_loss, test_acc = model.evaluate(dataset.test_images, dataset.test_labels)
+        test_loss, test_acc = _evaluate(model, dataset.test_images, dataset.test_labels, comm)
     if test_loss is not None:  # the last steps may have broken the parameters: NaN/inf only
         _check_loss(test_loss, math.inf, epoch + 1, plan, "on the test set after the epoch", "test")
     return {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
             "test_acc": test_acc, "seconds": seconds, "images_per_second": n / seconds}
+
+
+def _evaluate(model: Sequential, images: np.ndarray, targets: np.ndarray,
+              comm: Communicator) -> tuple[float, float | None]:
+    """:meth:`Sequential.evaluate` over the ranks: each evaluates its rows; the sums are all-reduced."""
+    if comm.size == 1:
+        return model.evaluate(images, targets)
+    mine = comm.rows(len(targets))
+    rows = mine.stop - mine.start
+    loss, acc = model.evaluate(images[mine], targets[mine]) if rows else (0.0, 0.0)
+    loss_sum, correct = comm.allreduce_scalars([loss * rows, round((acc or 0.0) * rows)])
+    return loss_sum / len(targets), correct / len(targets) if model.loss.classifies else None
+
+
+def _synchronise(comm: Communicator, model: Sequential, optimizer: Any, start_epoch: int) -> None:
+    """Rank 0's parameters, layer state and optimizer state on every rank, at the start and on resume.
+
+    The ranks must hold states of the same layout (the same checkpoint resumed, or none): else ValueError
+    on every rank, before anything is overwritten.
+    """
+    state = optimizer.state_dict()
+    keys = sorted(state)
+    layout = [start_epoch, len(keys), sum(state[k].size for k in keys), zlib.crc32(" ".join(keys).encode())]
+    if comm.any(comm.broadcast_scalars(layout) != layout):
+        raise ValueError(f"rank {comm.rank} does not start where rank 0 does (epoch, optimizer state): every "
+                         "rank must resume from the same checkpoint, or none")
+    arrays = [*model.parameters(), *(a for _, a in model.named_state()), *(state[k] for k in keys)]
+    for dtype in sorted({str(a.dtype) for a in arrays}):  # one fused broadcast per dtype
+        comm.broadcast([a for a in arrays if str(a.dtype) == dtype])
+    optimizer.load_state_dict(state, model.parameters())
+
+
+def _silent(message: str) -> None:
+    """The log of every rank but 0."""
 
 
 def fit(
@@ -312,6 +362,10 @@ def fit(
     Raises :class:`TrainingDivergedError` when training diverges (module docstring: NaN/inf, or a running loss
     above :func:`loss_limit`; the checkpoint keeps the last good epoch) and re-raises ``KeyboardInterrupt``
     after saving the last completed epoch.
+
+    Over several ranks (``model.execution.communicator``, module docstring) call it on every rank with the
+    same arguments and the GLOBAL ``batch_size``; only rank 0 logs and writes ``checkpoint_path`` and
+    ``interrupt_path``; ``on_epoch_end`` is called on every rank.
     """
     plan = _Plan(check_int(epochs, "epochs", 0), check_int(batch_size, "batch_size", 1),
                  check_int(seed, "seed", 0), bool(augment), bool(progress))
@@ -319,23 +373,32 @@ def fit(
     history = list(history or [])
     if len(dataset.train_labels) == 0:
         raise ValueError("dataset must hold at least one training example")
+    comm = model.execution.communicator
+    if not comm.is_root:
+        log, checkpoint_path, interrupt_path = _silent, None, None
     if start_epoch >= plan.epochs:
         log(f"nothing to train: {start_epoch} epochs are done and epochs={plan.epochs} is the total")
         return history
+    if comm.size > 1:
+        _synchronise(comm, model, optimizer, start_epoch)
     last_good = _LastGood(model, optimizer, plan.seed, checkpoint_path, interrupt_path, checkpoint_meta)
     last_good.update(start_epoch, history, write=False)
     try:
-        for epoch in range(start_epoch, plan.epochs):
-            record = _run_epoch(model, dataset, optimizer, epoch, plan, log)
-            history.append(record)
-            last_good.update(epoch + 1, history)  # saved before it is announced
-            if on_epoch_end is not None:
-                on_epoch_end(record)
-            log(format_epoch(record, plan.epochs))
-    except KeyboardInterrupt:
+        with comm.deferred_interrupts():
+            for epoch in range(start_epoch, plan.epochs):
+                record = _run_epoch(model, dataset, optimizer, epoch, plan, log)
+                history.append(record)
+                last_good.update(epoch + 1, history)  # saved before it is announced
+                if on_epoch_end is not None:
+                    on_epoch_end(record)
+                log(format_epoch(record, plan.epochs))
+    except KeyboardInterrupt as exc:
         log(f"\ninterrupted during epoch {last_good.epoch + 1}: {last_good.keep(last_good.interrupt_path)}")
+        if isinstance(exc, StopRequested):
+            comm.barrier()  # every rank stopped after the same step: none leaves before rank 0 has saved
         raise
     except TrainingDivergedError as exc:
         log(f"{exc}\nThe last good state is kept: {last_good.keep(checkpoint_path)}")
+        comm.barrier()  # every rank read the same summed loss at the same batch
         raise
     return history

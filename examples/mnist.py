@@ -6,6 +6,7 @@
     python examples/mnist.py --dataset fashion_mnist --source idx --data-dir /usr/share/datasets/fashion-mnist
     python examples/mnist.py --save run.npz                   # checkpoint after every epoch
     python examples/mnist.py --resume run.npz --epochs 20     # continue to 20 epochs in total
+    mpiexec -n 4 python -m mpi4py examples/mnist.py --distributed   # data-parallel over 4 processes
 
 Prints a config header, a progress bar (plain lines when stdout is not a terminal) and one summary line per
 epoch, then ten test digits' predicted vs true labels, as the tutorial's last cell.
@@ -13,6 +14,12 @@ epoch, then ten test digits' predicted vs true labels, as the tutorial's last ce
 Resuming: settings not given on the command line (data, sizes, batch size, optimizer, learning rate, dtype,
 seed, augmentation, conv method) are taken from the checkpoint, so ``--resume PATH --epochs N`` replays the
 uninterrupted run exactly; one that is given and differs is used and reported.
+
+Distributed (``--distributed``, docs/distributed.md): every rank of the MPI job trains on its rows of each
+global batch (``--batch-size`` is the global batch) and the gradients are summed over the ranks, so the run
+follows the one-process run; with ``--backend cupy`` each rank takes the GPU of its local rank unless
+``--device`` says otherwise; NumPy threads per rank default to the machine's cores over its ranks. Only
+rank 0 prints and writes files; a rank that fails ends the whole job.
 
 Exit status: 0 done; 1 the loss became NaN/inf (the last good checkpoint is kept); 2 bad arguments, data or
 checkpoint; 130 interrupted by Ctrl-C (the state after the last completed epoch is saved first, to --save or
@@ -26,6 +33,7 @@ import importlib.util
 import json
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +44,8 @@ import arraycnn
 from arraycnn import data
 from arraycnn.backend import BackendUnavailableError, backend_name, get_namespace, resolve_device, to_numpy
 from arraycnn.checkpoint import read_npz
+from arraycnn.distributed import Communicator, DistributedUnavailableError, get_communicator
+from arraycnn.execution import default_execution
 from arraycnn.models import tutorial_cnn, vgg_digits
 from arraycnn.optim import SGD, Adam
 from arraycnn.train import TrainingDivergedError, fit, load_training_state
@@ -93,6 +103,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--save", type=Path, metavar="PATH", help="write a checkpoint (.npz) after every epoch")
     p.add_argument("--resume", type=Path, metavar="PATH", help="continue from a checkpoint written by --save")
     p.add_argument("--metrics-json", type=Path, metavar="PATH", help="write the run's metrics as JSON")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel over the ranks of an MPI job: mpiexec -n 4 python -m mpi4py "
+                        "examples/mnist.py --distributed (needs the mpi extra); --batch-size is the global batch")
     args = p.parse_args(argv)
     if args.epochs < 0:
         p.error(f"--epochs must be >= 0, got {args.epochs}")
@@ -169,10 +182,23 @@ def write_metrics(path: Path, cfg: dict[str, Any], ds: data.Dataset, model: Any,
     path.write_text(json.dumps(metrics, indent=2) + "\n")
 
 
-def prepare(args: argparse.Namespace, log: Any) -> tuple[dict[str, Any], data.Dataset, Any, Any, int, list]:
-    """Settings, data, model, optimizer, start epoch and history (from ``--resume`` when given)."""
+def communicator(args: argparse.Namespace) -> tuple[Communicator, Any]:
+    """The ranks of the run (one process without ``--distributed``) and this rank's device: ``--device``,
+    else with CuPy over several ranks the GPU of the local rank."""
     xp = get_namespace(args.backend)
     device = resolve_device(xp, args.device)
+    comm = get_communicator(args.distributed, xp, getattr(device, "id", None))
+    if device is None and comm.size > 1 and backend_name(xp) == "cupy":
+        device = resolve_device(xp, comm.local_rank)  # one GPU per rank
+    return comm, device
+
+
+def prepare(args: argparse.Namespace, log: Any, comm: Communicator | None = None,
+            device: Any = None) -> tuple[dict[str, Any], data.Dataset, Any, Any, int, list]:
+    """Settings, data, model, optimizer, start epoch and history (from ``--resume`` when given), the model
+    executed over the ranks of ``comm`` (default one process) on ``device`` (default ``--device``)."""
+    xp = get_namespace(args.backend)
+    device = resolve_device(xp, args.device) if device is None else device
     saved_meta = read_npz(args.resume)[1] if args.resume is not None else None
     cfg = settings(args, None if saved_meta is None else saved_meta.get("config", {}), log)
     ds = data.load_dataset(cfg["dataset"], cfg["source"], cfg["data_dir"], cfg["train_size"], cfg["test_size"],
@@ -185,6 +211,8 @@ def prepare(args: argparse.Namespace, log: Any) -> tuple[dict[str, Any], data.Da
                          "--model vgg uses im2col")
     else:
         model = vgg_digits(xp, cfg["dtype"], cfg["seed"], device=device)
+    if comm is not None and comm.size > 1:
+        model.execution = default_execution(xp, comm)  # threads: this machine's cores over its ranks
     optimizer = make_optimizer(cfg["optimizer"], cfg["lr"])
     if args.resume is None:
         return cfg, ds, model, optimizer, 0, []
@@ -196,14 +224,20 @@ def prepare(args: argparse.Namespace, log: Any) -> tuple[dict[str, Any], data.Da
 
 
 def train(args: argparse.Namespace, log: Any) -> int:
-    """Prepare, train, report; returns the exit status."""
+    """Prepare, train, report; returns the exit status. Over several ranks only rank 0 logs and writes."""
     started = time.perf_counter()
     try:
-        cfg, ds, model, optimizer, start, history = prepare(args, log)
-    except (FileNotFoundError, ValueError, ImportError, BackendUnavailableError) as exc:
+        comm, device = communicator(args)
+        if not comm.is_root:
+            log = _silent
+        cfg, ds, model, optimizer, start, history = prepare(args, log, comm, device)
+    except (FileNotFoundError, ValueError, ImportError, BackendUnavailableError, DistributedUnavailableError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     log(header(cfg, ds, model, args, start))
+    if comm.size > 1:
+        log(f"  ranks     {comm.size} processes ({type(comm).__name__}), about {cfg['batch_size'] / comm.size:g} "
+            f"rows of each batch per rank, {getattr(model.execution, 'threads', 1)} thread(s) per rank")
     interrupt_path = args.save or Path(f"{cfg['dataset']}_interrupted.npz")
     status, code = "completed", 0
     history = list(history)  # fit appends to its own copy; on_epoch_end keeps this one current if it stops early
@@ -213,10 +247,14 @@ def train(args: argparse.Namespace, log: Any) -> int:
             interrupt_path=interrupt_path, checkpoint_meta={"config": cfg}, on_epoch_end=history.append, log=log)
     except KeyboardInterrupt:
         status, code = "interrupted", EXIT_INTERRUPTED
-        log(f"continue with: python {sys.argv[0]} --resume {interrupt_path} --epochs {args.epochs}")
+        again = "mpiexec -n N python -m mpi4py" if args.distributed else "python"
+        log(f"continue with: {again} {sys.argv[0]} --resume {interrupt_path} --epochs {args.epochs}"
+            + (" --distributed" if args.distributed else ""))
     except TrainingDivergedError:
         status, code = "diverged", EXIT_DIVERGED
     seconds = time.perf_counter() - started
+    if not comm.is_root:
+        return code
     if code == 0:
         log(show_predictions(model, ds))
         final = f"{history[-1]['test_acc']:.2%} on {len(ds.test_labels):,} test images" if history else "n/a"
@@ -235,13 +273,36 @@ def train(args: argparse.Namespace, log: Any) -> int:
     return code
 
 
+def _silent(message: str) -> None:
+    """The log of every rank but 0."""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        return train(args, print)
+        code = train(args, print)
     except KeyboardInterrupt:  # outside the epochs (loading data, the final report): nothing to save
         print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        code = EXIT_INTERRUPTED
+    except BaseException:
+        if args.distributed:
+            traceback.print_exc()
+            end_job(1)
+        raise
+    if code and args.distributed:
+        end_job(code)
+    return code
+
+
+def end_job(code: int) -> None:
+    """A rank that fails alone must not leave the others waiting for it: end every rank with ``code``, as
+    ``python -m mpi4py`` does (nothing to do when MPI never started or runs one rank)."""
+    try:
+        comm = get_communicator(True)
+    except DistributedUnavailableError:
+        return
+    if comm.size > 1:
+        comm.abort(code)
 
 
 if __name__ == "__main__":

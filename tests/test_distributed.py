@@ -8,6 +8,7 @@ mpi4py is missing (``pip install -e '.[mpi]'`` brings both).
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -39,12 +40,20 @@ needs_mpi = pytest.mark.skipif(
     reason="mpiexec or mpi4py is missing: pip install -e '.[mpi]' (mpi4py and the mpich wheel)")
 
 
+def mpi_command(ranks: int, script: Path, *args: str) -> list[str]:
+    return [MPIEXEC, "-n", str(ranks), sys.executable, "-m", "mpi4py", str(script), *args]
+
+
+def mpi_env() -> dict[str, str]:
+    """One thread per rank; the repository importable from any working directory."""
+    return {**os.environ, "ARRAYCNN_THREADS": "1", "PYTHONPATH": str(HERE.parent)}
+
+
 def mpirun(ranks: int, *args: str, timeout: float = JOB_TIMEOUT_S, script: Path = WORKER,
-           env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """``mpiexec -n ranks python -m mpi4py script args`` from the repository root; fails the test on a hang."""
-    cmd = [MPIEXEC, "-n", str(ranks), sys.executable, "-m", "mpi4py", str(script), *args]
-    full_env = {**os.environ, "ARRAYCNN_THREADS": "1", "PYTHONPATH": str(HERE.parent), **(env or {})}
-    return subprocess.run(cmd, cwd=HERE.parent, capture_output=True, text=True, timeout=timeout, env=full_env)
+           cwd: Path = HERE.parent) -> subprocess.CompletedProcess:
+    """``mpiexec -n ranks python -m mpi4py script args``; a hang fails the test after ``timeout`` seconds."""
+    return subprocess.run(mpi_command(ranks, script, *args), cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=mpi_env())
 
 
 def rank_lines(out: str, ranks: int) -> dict[int, str]:
@@ -148,3 +157,98 @@ def test_ctrl_c_on_one_rank_stops_every_rank_after_the_same_step():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     steps = {text for text in rank_lines(proc.stdout, 2).values()}
     assert len(steps) == 1 and steps.pop().startswith("stopped after step "), proc.stdout
+
+
+# --------------------------------------------------------------------------- examples/mnist.py --distributed
+
+EXAMPLE = HERE.parent / "examples" / "mnist.py"
+# 200 training images at global batch 64: three full batches and an uneven last one of 8 rows
+TINY = ("--train-size", "200", "--test-size", "100", "--dtype", "float64", "--batch-size", "64", "--seed", "3")
+
+
+def example_alone(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(EXAMPLE), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=JOB_TIMEOUT_S, env={**os.environ, "ARRAYCNN_THREADS": "1", **(env or {})})
+
+
+def history(path: Path) -> list[dict]:
+    return json.loads(path.read_text())["history"]
+
+
+def assert_same_epochs(actual: list[dict], expected: list[dict], rtol: float) -> None:
+    assert [r["epoch"] for r in actual] == [r["epoch"] for r in expected]
+    for a, e in zip(actual, expected, strict=True):
+        for key in ("train_loss", "test_loss"):
+            assert abs(a[key] - e[key]) <= rtol * abs(e[key]), (a["epoch"], key, a[key], e[key])
+        assert (a["train_acc"], a["test_acc"]) == (e["train_acc"], e["test_acc"])
+
+
+@pytest.fixture(scope="module")
+def alone(tmp_path_factory) -> list[dict]:
+    """Two epochs of one process at batch 64 (one thread): the run the ranks must follow."""
+    cwd = tmp_path_factory.mktemp("alone")
+    proc = example_alone(cwd, *TINY, "--epochs", "2", "--metrics-json", "m.json")
+    assert proc.returncode == 0, proc.stderr
+    return history(cwd / "m.json")
+
+
+@needs_mpi
+@pytest.mark.parametrize(("ranks", "rtol"), [(2, 1e-12), (4, 1e-10)])
+def test_ranks_follow_the_one_process_run(alone, tmp_path, ranks, rtol):
+    """float64, one thread per rank: the per-epoch losses of one process at the same global batch."""
+    proc = mpirun(ranks, *TINY, "--epochs", "2", "--metrics-json", "m.json", "--distributed", script=EXAMPLE,
+                  cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert_same_epochs(history(tmp_path / "m.json"), alone, rtol)
+    assert proc.stdout.count("final test accuracy") == 1  # only rank 0 speaks
+    assert f"ranks     {ranks} processes (MPICommunicator)" in proc.stdout
+
+
+@needs_mpi
+def test_resume_under_mpi_equals_the_uninterrupted_run(alone, tmp_path):
+    first = mpirun(2, *TINY, "--epochs", "1", "--save", "ck.npz", "--distributed", script=EXAMPLE, cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    rest = mpirun(2, "--resume", "ck.npz", "--epochs", "2", "--metrics-json", "m.json", "--distributed",
+                  script=EXAMPLE, cwd=tmp_path)
+    assert rest.returncode == 0, rest.stdout + rest.stderr
+    assert "resumed   from ck.npz after epoch 1" in rest.stdout
+    assert_same_epochs(history(tmp_path / "m.json"), alone, 1e-12)
+
+
+@needs_mpi
+def test_ctrl_c_under_mpiexec_stops_every_rank_and_rank_0_saves(tmp_path):
+    """mpiexec forwards SIGINT to every rank; they agree on a step, rank 0 saves the last completed epoch."""
+    cmd = mpi_command(2, EXAMPLE, "--train-size", "512", "--test-size", "100", "--epochs", "50", "--batch-size",
+                      "64", "--save", "ck.npz", "--distributed")
+    job = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env={**mpi_env(), "PYTHONUNBUFFERED": "1"})
+    try:
+        for line in job.stdout:
+            if line.startswith("epoch  1/50"):
+                break
+        job.send_signal(signal.SIGINT)
+        out, err = job.communicate(timeout=JOB_TIMEOUT_S)
+    finally:
+        job.kill()
+    assert job.returncode == 130, out + err
+    assert "interrupted during epoch 2: the state after epoch 1 is saved in ck.npz" in out
+    assert "--resume ck.npz --epochs 50 --distributed" in out
+    meta = json.loads(str(np.load(tmp_path / "ck.npz")["meta"]))
+    assert meta["epoch"] == 1
+
+
+def test_example_distributed_without_mpi4py_names_the_extra(tmp_path):
+    code = (f"import runpy, sys; sys.modules['mpi4py'] = None; sys.path.insert(0, {str(EXAMPLE.parent)!r}); "
+            f"sys.argv = ['mnist.py', '--distributed', '--epochs', '0']; runpy.run_path({str(EXAMPLE)!r}, "
+            "run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=JOB_TIMEOUT_S)
+    assert proc.returncode == 2
+    assert "--distributed needs mpi4py: pip install 'arraycnn[mpi]'" in proc.stderr
+
+
+@needs_mpi
+def test_example_under_another_mpis_launcher_is_a_clear_error(tmp_path):
+    proc = example_alone(tmp_path, "--distributed", "--epochs", "0", env={"OMPI_COMM_WORLD_SIZE": "2"})
+    assert proc.returncode == 2
+    assert "the launcher started 2 ranks (OMPI_COMM_WORLD_SIZE=2), but MPI reports 1" in proc.stderr

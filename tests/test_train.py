@@ -127,11 +127,11 @@ def test_ctrl_c_saves_the_last_completed_epoch_and_resumes_exactly(tiny, tmp_pat
     calls = {"n": 0}
     real_step = model.execution.train_step
 
-    def step_then_interrupt(*args):
+    def step_then_interrupt(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 5:  # the 2nd batch of epoch 2
             raise KeyboardInterrupt
-        return real_step(*args)
+        return real_step(*args, **kwargs)
 
     monkeypatch.setattr(model.execution, "train_step", step_then_interrupt)
     lines, ck = [], tmp_path / "interrupted.npz"
@@ -150,7 +150,7 @@ def test_ctrl_c_saves_the_last_completed_epoch_and_resumes_exactly(tiny, tmp_pat
 def test_ctrl_c_in_the_first_epoch_saves_the_starting_state(tiny, tmp_path, monkeypatch):
     model, opt = tutorial_cnn(), Adam()
     start = [p.copy() for p in model.parameters()]
-    monkeypatch.setattr(model.execution, "train_step", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr(model.execution, "train_step", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         fit(model, tiny, opt, epochs=2, batch_size=BATCH, seed=0, checkpoint_path=tmp_path / "c.npz",
             progress=False, log=lambda line: None)
