@@ -128,6 +128,25 @@ def ratio(ours: Stats, theirs: Stats) -> float:
     return ours.median / theirs.median
 
 
+DISAGREE = 0.10  # a figure whose runs differ by more than this (relative to the smaller) is flagged
+FLAG = "⚠"
+
+
+def disagreement(values: Sequence[float]) -> float:
+    """How far apart one figure's runs are: ``(max - min) / min`` (0 for a single run)."""
+    low, high = min(values), max(values)
+    if high == low:
+        return 0.0
+    return (high - low) / low if low > 0 else float("inf")
+
+
+def fmt_runs(values: Sequence[float], fmt: Callable[[float], str]) -> str:
+    """One figure's value in each run: ``'7.2 ms / 7.41 ms'``, ending in ``' ⚠'`` when they disagree by
+    more than :data:`DISAGREE`."""
+    text = " / ".join(fmt(v) for v in values)
+    return f"{text} {FLAG}" if disagreement(values) > DISAGREE else text
+
+
 # -- formatting ------------------------------------------------------------------------------------
 def fmt_seconds(seconds: float) -> str:
     """``0.0072 -> '7.20 ms'``, ``12.3 -> '12.3 s'``."""

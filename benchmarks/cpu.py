@@ -8,10 +8,15 @@ In one process, with the same pinned thread count for every engine, it times
   engine, each engine converting its own uint8 batches);
 
 warming each engine up, then running several rounds that alternate between the engines (the order rotating
-every round), and reports medians, min–max and the ratio arraycnn / peer. Memory is measured with each engine
-in its own fresh subprocess (so one framework's allocations never count against another): resident memory
-after setup, and the peak above it while training at batch 256 and while predicting at batch 1000. A further
-subprocess trains arraycnn for 1,000 steps and samples its resident memory (flat or growing).
+every round), and reports medians and the ratio arraycnn / peer. The whole timed part runs twice
+(``--runs``): each figure shows both runs' medians, flagged ``⚠`` when they disagree by more than 10 %
+(a figure that moves that much between two runs says more about the machine than about the engines).
+
+Memory is measured with each engine in its own fresh subprocess (so one framework's allocations never count
+against another): resident memory after setup, and the peak above it while training at batch 256 and while
+predicting at batch 1000. A further subprocess trains arraycnn for 1,000 steps and samples its resident
+memory (flat or growing). The report names the CPU model (``/proc/cpuinfo``: Intel and AMD machines of one
+kind differ) and the number of array operations one arraycnn training step issues (:mod:`benchmarks.opcount`).
 
 Run from the repository root::
 
@@ -30,7 +35,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from benchmarks import common, peers
+from benchmarks import common, opcount, peers
 
 ARRAYCNN = "arraycnn"
 LABELS = {
@@ -51,6 +56,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="threads for every engine and BLAS (default 2)")
     p.add_argument("--engines", nargs="+", choices=list(peers.ENGINES), help="default: all installed")
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[10, 64, 256])
+    p.add_argument("--runs", type=int, default=2, help="times the whole timed part is run (default 2)")
     p.add_argument("--repeats", type=int, help="timed runs per figure and engine (default 7, q=3)")
     p.add_argument("--run-seconds", type=float, help="length of one timed run of steps (default 1.0, q=0.3)")
     p.add_argument("--inference-images", type=int, default=10_000)
@@ -75,7 +81,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.run_seconds = args.run_seconds or (0.3 if quick else 1.0)
     args.epoch_runs = args.epoch_runs or (1 if quick else 3)
     args.rss_steps = args.rss_steps or (300 if quick else 1000)
-    for name in ("threads", "repeats", "epoch_runs", "rss_steps", "rss_batch", "memory_batch", "memory_steps",
+    for name in ("threads", "runs", "repeats", "epoch_runs", "rss_steps", "rss_batch", "memory_batch", "memory_steps",
                  "inference_images", "inference_batch"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -223,15 +229,43 @@ def _row(label: str, names: list[str], cell: Callable[[str], str]) -> list[str]:
     return [label, *(cell(n) for n in names)]
 
 
+def time_figures(results: dict) -> list[tuple[str, Callable[[common.Stats], float], Callable[[float], str], str]]:
+    """The timed figures: (key, value of a run's Stats, format of that value, row label)."""
+    n_img = results["inference_images"]
+    figures = [(f"steps/{bs}", lambda s: s.median, common.fmt_seconds, f"training step, batch {bs}")
+               for bs in results["runs"][0]["steps"]]
+    figures.append(("inference", lambda s: n_img / s.median, lambda v: f"{common.fmt_rate(v)}/s",
+                    f"inference, {n_img:,} images at batch {results['inference_batch']} (images/s)"))
+    if "epoch" in results["runs"][0]:
+        figures.append(("epoch", lambda s: s.median, common.fmt_seconds, "Fashion-MNIST epoch, batch 64"))
+    return figures
+
+
+def run_stats(results: dict, key: str) -> list[dict[str, common.Stats]]:
+    """Each run's Stats per engine for the figure ``key`` (``"steps/64"``, ``"inference"``, ``"epoch"``)."""
+    group, _, bs = key.partition("/")
+    return [run[group][int(bs)] if bs else run[group] for run in results["runs"]]
+
+
 def timing_rows(names: list[str], results: dict) -> list[list[str]]:
-    rows = [_row(f"training step, batch {bs}", names, lambda n, s=stats: common.fmt_time_stats(s[n]))
-            for bs, stats in results["steps"].items()]
-    inf, n_img = results["inference"]
-    rows.append(_row(f"inference, {n_img:,} images at batch {results['inference_batch']} (images/s)",
-                     names, lambda n: common.fmt_rate_stats(inf[n], n_img)))
-    if "epoch" in results:
-        rows.append(_row("Fashion-MNIST epoch, batch 64", names, lambda n: common.fmt_time_stats(results["epoch"][n])))
+    rows = []
+    for key, value, fmt, label in time_figures(results):
+        runs = run_stats(results, key)
+        rows.append(_row(label, names, lambda n, runs=runs, value=value, fmt=fmt:
+                         common.fmt_runs([value(r[n]) for r in runs], fmt)))
     return rows
+
+
+def flagged(names: list[str], results: dict) -> list[str]:
+    """Every (figure, engine) whose runs disagree by more than ``common.DISAGREE``, described."""
+    out = []
+    for key, value, fmt, label in time_figures(results):
+        for n in names:
+            values = [value(r[n]) for r in run_stats(results, key)]
+            if common.disagreement(values) > common.DISAGREE:
+                out.append(f"{label}, {LABELS[n]}: {' vs '.join(fmt(v) for v in values)} "
+                           f"({100 * common.disagreement(values):.0f} %)")
+    return out
 
 
 def _mem_stats(results: dict, key: str) -> dict[str, common.Stats]:
@@ -253,34 +287,45 @@ def memory_rows(names: list[str], results: dict) -> list[list[str]]:
 
 
 def ratio_table(names: list[str], results: dict) -> str:
+    """arraycnn / peer of every figure, one ratio per run (``⚠`` when they disagree by more than 10 %)."""
     peers_ = [n for n in names if n != ARRAYCNN]
-    figures: list[tuple[str, dict[str, common.Stats]]] = [
-        (f"training step, batch {bs}", stats) for bs, stats in results["steps"].items()]
-    figures.append(("inference (time for the same images)", results["inference"][0]))
-    if "epoch" in results:
-        figures.append(("Fashion-MNIST epoch", results["epoch"]))
+    rows = []
+    for key, _, _, label in time_figures(results):
+        runs = run_stats(results, key)
+        label = "inference (time for the same images)" if key == "inference" else label
+        rows.append([label, *(common.fmt_runs([common.ratio(r[ARRAYCNN], r[p]) for r in runs], "{:.2f}".format)
+                              for p in peers_)])
     if "memory" in results:
-        figures.append((f"peak RSS above setup, training at batch {results['memory_batch']}",
-                        _mem_stats(results, "train_peak")))
-    rows = [[label, *(f"{common.ratio(stats[ARRAYCNN], stats[p]):.2f}" for p in peers_)] for label, stats in figures]
+        mem = _mem_stats(results, "train_peak")
+        rows.append([f"peak RSS above setup, training at batch {results['memory_batch']}",
+                     *(f"{common.ratio(mem[ARRAYCNN], mem[p]):.2f}" for p in peers_)])
     return common.markdown_table(["arraycnn / peer", *(LABELS[p] for p in peers_)], rows)
 
 
 def report(names: list[str], results: dict, meta: dict[str, str]) -> str:
+    runs = len(results["runs"])
+    disagree = flagged(names, results)
     lines = [
         f"Measured {meta['date']} on {meta['machine']}; load average {meta['load']}.",
+        f"CPU: {meta['cpu']}.",
         f"Versions: {meta['versions']}.",
         f"Threads: {meta['threads']}.",
         f"Data: {meta['data']}. Timing: {meta['timing']}.",
         f"Contention: {meta['others']}",
+        f"Array ops (arraycnn, {meta['ops']}).",
         "",
-        common.markdown_table(["figure (median, min–max)", *(LABELS[n] for n in names)],
+        common.markdown_table([f"figure (median of run {' / run '.join(str(i + 1) for i in range(runs))})",
+                               *(LABELS[n] for n in names)],
                               timing_rows(names, results) + (memory_rows(names, results) if "memory" in results
                                                              else [])),
     ]
     if ARRAYCNN in names and len(names) > 1:
-        lines += ["", "Ratios, arraycnn / peer (of times, or of memory): below 1.00 arraycnn is faster or smaller.",
-                  "", ratio_table(names, results)]
+        lines += ["", "Ratios, arraycnn / peer (of times, or of memory), one per run: below 1.00 arraycnn is faster "
+                  "or smaller.", "", ratio_table(names, results)]
+    if runs > 1:
+        lines += ["", (f"{common.FLAG} Runs that disagree by more than {100 * common.DISAGREE:.0f} %: "
+                       + "; ".join(disagree) + ".") if disagree else
+                  f"Every timed figure agrees within {100 * common.DISAGREE:.0f} % between the {runs} runs."]
     if "memory" in results and ARRAYCNN in results["memory"]:
         budget = memory_budget_kib(results["memory_batch"])
         used = results["memory"][ARRAYCNN]["train_peak"] - results["memory"][ARRAYCNN]["setup"]
@@ -320,6 +365,21 @@ def build_engines(names: list[str], threads: int) -> dict[str, peers.Engine]:
     return engines
 
 
+def time_run(engines: dict[str, peers.Engine], d: peers.BenchData, args: argparse.Namespace,
+             index: int) -> dict:
+    """One run of every timed figure: steps per batch size, inference, and the epochs with ``--epoch``."""
+    out: dict = {"steps": {}}
+    for bs in args.batch_sizes:
+        print(f"run {index + 1}/{args.runs}: training step, batch {bs} ...", flush=True)
+        out["steps"][bs] = time_steps(engines, d, bs, args)
+    print(f"run {index + 1}/{args.runs}: inference ...", flush=True)
+    out["inference"] = time_inference(engines, d, args)[0]
+    if args.epoch:
+        print(f"run {index + 1}/{args.runs}: Fashion-MNIST epochs ...", flush=True)
+        out["epoch"] = time_epochs(engines, d, args)
+    return out
+
+
 def run(args: argparse.Namespace) -> str:
     load_before, others = common.load_average(), common.OtherWork()
     names = peers.available_engines(args.engines)
@@ -328,15 +388,9 @@ def run(args: argparse.Namespace) -> str:
         print(f"not installed, skipped: {', '.join(missing)}")
     d = peers.load_data(args.data_dir, args.synthetic)
     engines = build_engines(names, args.threads)
-    results: dict = {"inference_batch": args.inference_batch, "memory_batch": args.memory_batch, "steps": {}}
-    for bs in args.batch_sizes:
-        print(f"training step, batch {bs} ...", flush=True)
-        results["steps"][bs] = time_steps(engines, d, bs, args)
-    print("inference ...", flush=True)
-    results["inference"] = time_inference(engines, d, args)
-    if args.epoch:
-        print("Fashion-MNIST epochs ...", flush=True)
-        results["epoch"] = time_epochs(engines, d, args)
+    results: dict = {"inference_batch": args.inference_batch, "memory_batch": args.memory_batch,
+                     "inference_images": min(args.inference_images, len(d.test_labels)),
+                     "runs": [time_run(engines, d, args, i) for i in range(args.runs)]}
     if not args.no_memory:
         print("memory, one subprocess per engine ...", flush=True)
         results["memory"] = {n: run_child("memory", n, args) for n in names}
@@ -346,13 +400,16 @@ def run(args: argparse.Namespace) -> str:
     meta = {
         "date": common.today(),
         "machine": common.machine_line(),
+        "cpu": f"{common.cpu_model()} (model name in /proc/cpuinfo)",
+        "ops": opcount.summary_line(opcount.count_train_step(), batch_size=32),
         "load": f"{load_before} before the run, {common.load_average()} after",
         "versions": common.versions(modules),
         "threads": f"{args.threads} for every engine (env {', '.join(common.THREAD_ENV_VARS)}; "
                    + "; ".join(sorted({e.threads for e in engines.values()})) + ")",
         "data": d.description,
-        "timing": f"warm-up, then {args.repeats} runs per figure alternating between the engines "
-                  f"(order rotated each round), a training-step run being ≈{args.run_seconds:g} s of back-to-back "
+        "timing": f"{args.runs} runs of everything timed; in each, warm-up, then {args.repeats} samples per "
+                  f"figure alternating between the engines "
+                  f"(order rotated each round), a training-step sample being ≈{args.run_seconds:g} s of back-to-back "
                   f"steps on one pre-converted batch; inference passes over pre-converted batches; "
                   + (f"{args.epoch_runs} epoch(s) per engine, host batches converted inside the timing; "
                      if args.epoch else "")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks import accuracy, common, cpu, peers, profile_ops
+from benchmarks import accuracy, common, cpu, opcount, peers, profile_ops
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,6 +64,14 @@ def test_formatting():
     assert common.fmt_mib(163840) == "160 MiB" and common.fmt_mib(1536) == "1.5 MiB"
 
 
+def test_runs_that_disagree_by_more_than_ten_percent_are_flagged():
+    assert common.disagreement([2.0]) == 0.0 and common.disagreement([2.0, 2.0]) == 0.0
+    assert common.disagreement([1.0, 1.25]) == pytest.approx(0.25) == common.disagreement([1.25, 1.0])
+    assert common.fmt_runs([0.0072, 0.0075], common.fmt_seconds) == "7.2 ms / 7.5 ms"  # 4 %: agrees
+    assert common.fmt_runs([0.0072, 0.0080], common.fmt_seconds) == f"7.2 ms / 8 ms {common.FLAG}"  # 11 %
+    assert common.fmt_runs([1.0, 1.09], "{:.2f}".format) == "1.00 / 1.09"
+
+
 def test_markdown_table_checks_row_width():
     assert common.markdown_table(["a", "b"], [["1", "2"]]) == "| a | b |\n|---|---|\n| 1 | 2 |"
     with pytest.raises(ValueError, match="cells"):
@@ -110,10 +118,11 @@ def test_other_work_is_a_fraction_of_the_machine():
 # -- cpu.py -----------------------------------------------------------------------------------------------
 def test_quick_flags_and_validation():
     args = cpu.parse_args(["--quick"])
-    assert (args.repeats, args.run_seconds, args.rss_steps, args.epoch) == (3, 0.3, 300, False)
+    assert (args.repeats, args.run_seconds, args.rss_steps, args.epoch, args.runs) == (3, 0.3, 300, False, 2)
     assert cpu.parse_args([]).repeats == 7
-    with pytest.raises(SystemExit):
-        cpu.parse_args(["--threads", "0"])
+    for bad in (["--threads", "0"], ["--runs", "0"]):
+        with pytest.raises(SystemExit):
+            cpu.parse_args(bad)
 
 
 def test_rss_summary_tells_flat_from_growing():
@@ -131,24 +140,104 @@ def test_memory_budget_counts_activations_and_the_largest_patches():
     assert cpu.memory_budget_kib(256) == pytest.approx(256 * per_image * 4 / 1024)
 
 
-def fake_results(names: list[str]) -> dict:
-    t = {n: common.Stats(0.01 * (i + 1), 0.009 * (i + 1), 0.011 * (i + 1), 3) for i, n in enumerate(names)}
-    return {"inference_batch": 1000, "memory_batch": 256, "steps": {64: t}, "inference": (t, 10_000),
+def fake_results(names: list[str], second_run_arraycnn: float = 0.0105) -> dict:
+    """Two runs: every engine i takes 10 (i + 1) ms in both, except arraycnn's training step in run 2."""
+    def run(arraycnn_step: float) -> dict:
+        t = {n: common.Stats(0.01 * (i + 1), 0.009 * (i + 1), 0.011 * (i + 1), 3) for i, n in enumerate(names)}
+        steps = t | {"arraycnn": common.Stats(arraycnn_step, arraycnn_step, arraycnn_step, 3)}
+        return {"steps": {64: steps}, "inference": t}
+
+    return {"inference_batch": 1000, "memory_batch": 256, "inference_images": 10_000,
+            "runs": [run(0.01), run(second_run_arraycnn)],
             "memory": {n: {"setup": 100_000, "train_peak": 150_000 + 1000 * i, "infer_peak": 160_000}
                        for i, n in enumerate(names)},
             "rss": {"steps": 1000, "first": 60_000, "last": 60_100, "max": 60_200, "kib_per_1000": 90.0,
                     "flat": True}}
 
 
-def test_report_shows_every_engine_and_the_ratios():
+META_KEYS = ("date", "machine", "cpu", "ops", "load", "versions", "threads", "data", "timing", "others")
+
+
+def test_report_shows_both_runs_every_engine_and_the_ratios():
     names = ["arraycnn", "torch-nchw", "tf-graph"]
-    keys = ("date", "machine", "load", "versions", "threads", "data", "timing", "others")
-    meta = {k: k for k in keys} | {"rss_batch": "64"}
+    meta = {k: k for k in META_KEYS} | {"rss_batch": "64", "cpu": "AMD EPYC 9B14"}
     text = cpu.report(names, fake_results(names), meta)
-    assert "| training step, batch 64 | 10 ms (9–11) | 20 ms (18–22) | 30 ms (27–33) |" in text
-    assert "| training step, batch 64 | 0.50 | 0.33 |" in text  # arraycnn / each peer
-    assert "inference, 10,000 images at batch 1000" in text and "flat" in text
+    assert "CPU: AMD EPYC 9B14." in text and "| figure (median of run 1 / run 2) |" in text
+    assert "| training step, batch 64 | 10 ms / 10.5 ms | 20 ms / 20 ms | 30 ms / 30 ms |" in text
+    assert "| training step, batch 64 | 0.50 / 0.53 | 0.33 / 0.35 |" in text  # arraycnn / each peer, per run
+    assert "| inference, 10,000 images at batch 1000 (images/s) | 1e+03k/s / 1e+03k/s |" in text
+    assert "Every timed figure agrees within 10 % between the 2 runs." in text and "flat" in text
     assert "peak RSS above setup, training at batch 256 | 0.98 | 0.96 |" in text
+
+
+def test_report_flags_a_figure_whose_runs_disagree():
+    names = ["arraycnn", "torch-cl"]
+    meta = {k: k for k in META_KEYS} | {"rss_batch": "64"}
+    text = cpu.report(names, fake_results(names, second_run_arraycnn=0.0125), meta)
+    assert f"| training step, batch 64 | 10 ms / 12.5 ms {common.FLAG} | 20 ms / 20 ms |" in text
+    assert f"| training step, batch 64 | 0.50 / 0.62 {common.FLAG} |" in text
+    assert (f"{common.FLAG} Runs that disagree by more than 10 %: training step, batch 64, arraycnn (NumPy): "
+            "10 ms vs 12.5 ms (25 %).") in text
+
+
+# -- opcount.py ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["numpy", "array_api_strict"])
+def test_counting_namespace_counts_each_kind_of_op(backend):
+    from arraycnn.backend import to_numpy
+
+    ns = opcount.counting_namespace(backend)
+    with ns.counter.recording() as ops:
+        x = ns.asarray([1.0, 2.0, 3.0])       # transfer in
+        y = 2.0 * x + 1.0                     # 2 kernels
+        held = y
+        y += 1.0                              # 1 kernel, in place: the same object
+        y[0:1] = x[1:2]                       # 1 kernel (setitem), 1 view (the slice of x)
+        z = ns.reshape(ns.sum(y, keepdims=True), (1, 1))   # 1 kernel, 1 view
+        total = float(z[0, 0])                # 1 view, 1 host read
+        host = to_numpy(y)                    # 1 host read
+    assert held is y and isinstance(y, opcount.Counted) and total == 16.0
+    np.testing.assert_array_equal(host, [2.0, 6.0, 8.0])
+    assert ops.totals() == {"kernel": 5, "view": 3, "host read": 2, "transfer in": 1}
+    assert ops.by("op") == {"__rmul__": 1, "__add__": 1, "__iadd__": 1, "__setitem__": 1, "sum": 1}
+    assert ns.float32 is ns.inner.float32 and ns.finfo(ns.float32).eps > 0  # dtypes and info pass through
+
+
+def test_adam_issues_one_set_of_ops_for_all_parameters():
+    """Adam's kernel ops per step no longer grow with the number of tensors (8 here): 12 element-wise ops
+    over the flat buffer, plus the gradients' concatenation, plus (unless the parameters were adopted as
+    views of the flat buffer) the parameters' gather and one scatter per tensor."""
+    plain, adopted = opcount.count_train_step("numpy"), opcount.count_train_step("numpy", adopt=True)
+    tensors = 8
+    assert plain.piece_table()["optimizer"]["kernel"] == 12 + 2 + tensors  # it was 12 * tensors = 96
+    assert adopted.piece_table()["optimizer"]["kernel"] == 12 + 1
+    assert plain.totals()["kernel"] - adopted.totals()["kernel"] == 1 + tensors
+    assert plain.totals()["host read"] == 0  # a training step never waits on the device
+    pieces = plain.piece_table()
+    assert [p for p in pieces if p.endswith("forward") and p[0].isdigit()] == [
+        "0 Conv2D forward", "1 ReLU forward", "2 MaxPool2D forward", "3 Conv2D forward", "4 ReLU forward",
+        "5 MaxPool2D forward", "6 Flatten forward", "7 Dense forward", "8 ReLU forward", "9 Dense forward"]
+    assert sum(row["kernel"] for row in pieces.values()) == plain.totals()["kernel"]
+    assert sum(plain.by("function").values()) == plain.totals()["kernel"]
+
+
+def test_strict_counts_as_numpy_without_views():
+    """array-api-strict gives the same count as NumPy (one portable path), but adopt() cannot hand out views."""
+    strict = opcount.count_train_step("array_api_strict", batch_size=4, adopt=True)
+    assert strict.totals() == opcount.count_train_step("numpy", batch_size=4).totals()
+
+
+def test_evaluate_reads_back_one_array_per_batch():
+    ops = opcount.count_evaluate("numpy", images=12, batch_size=4)
+    assert ops.totals()["host read"] == 3
+
+
+def test_opcount_report(tmp_path):
+    doc = tmp_path / "bench.md"
+    assert opcount.main(["--batch-size", "4", "--docs", str(doc)]) == 0
+    text = doc.read_text()
+    assert "| piece of one training step | kernel ops | views | host reads |" in text
+    assert "| optimizer | 22 |" in text and "train_step at batch 4: " in text and "(optimizer 13)" in text
+    assert "`evaluate`: 2 host reads for 2 batches (1 per batch)." in text
 
 
 # -- profile_ops.py and accuracy.py -----------------------------------------------------------------------
@@ -237,8 +326,10 @@ def test_tiny_cpu_run_writes_its_table(tmp_path):
     text = doc.read_text()
     assert text.startswith("<!-- cpu-table:start -->") and text.rstrip().endswith("<!-- cpu-table:end -->")
     for row in ("| training step, batch 2 |", "| inference, 4 images at batch 2 (images/s) |",
-                "| peak RSS above setup, training at batch 2 |", "resident memory over 3 training steps"):
+                "| peak RSS above setup, training at batch 2 |", "resident memory over 3 training steps",
+                f"CPU: {common.cpu_model()}", "Array ops (arraycnn, train_step at batch 32: "):
         assert row in text
+    assert text.count(" / ") >= 2  # each timed figure shows two runs
 
 
 def test_gpu_script_dry_run_on_the_cpu(tmp_path):
