@@ -223,19 +223,24 @@ def test_copy_parameters_refuses_a_twin_of_another_shape():
         copy_parameters(conv_autoencoder(), torch_model("vgg_digits"))
 
 
-def test_summary_row_compares_the_medians():
+def test_summary_row_compares_the_medians_of_the_seeds_both_engines_finished():
     from benchmarks.accuracy_models import STUDIES, summary
 
     def runs(engine, finals):
         return {f"{engine}/{s}": {"metric": [0.0, v], "train_loss": [1.0, 0.5], "seconds": [2.0, 4.0]}
                 for s, v in enumerate(finals)}
 
-    saved = {"config": {"data": "mnist (bundled)"}, "runs": runs("arraycnn", [0.0110, 0.0100, 0.0120])
-             | runs("torch", [0.0100, 0.0090, 0.0300])}
+    saved = {"config": {"data": "mnist (bundled)"}, "runs": runs("arraycnn", [0.0110, 0.0100, 0.0120, 0.5])
+             | runs("torch", [0.0100, 0.0090, 0.0300])}   # arraycnn's seed 3 has no PyTorch run to pair with
     row = summary(STUDIES["autoencoder"], saved)
-    assert row[3] == "0.01100 (0.01000–0.01200)" and row[4] == "0.01000 (0.00900–0.03000)"
-    assert row[5] == "+10.0 %" and row[7] == "3 s"
+    assert row[2] == "0, 1, 2" and row[3] == "0.01100 (0.01000–0.01200)" and row[4] == "0.01000 (0.00900–0.03000)"
+    assert row[5] == "+10.0 %" and row[6] == "within 5 %: NO" and row[7] == "3 s"
+    saved["runs"]["arraycnn/0"]["metric"][-1] = 0.0104   # median 0.0104: 4 % above PyTorch's
+    assert summary(STUDIES["autoencoder"], saved)[6] == "within 5 %: yes"
     assert summary(STUDIES["autoencoder"], {"config": saved["config"], "runs": runs("torch", [0.01])}) is None
+
+    points = {"config": {"data": "d"}, "runs": runs("arraycnn", [97.1]) | runs("torch", [97.5])}
+    assert summary(STUDIES["vgg-digits"], points)[5:7] == ["-0.40 points", "within 0.3 points: NO"]
 
 
 # --------------------------------------------------------------------------- the commands
