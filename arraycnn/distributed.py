@@ -25,7 +25,8 @@ Stopping together: a rank must never leave the others waiting inside a collectiv
   at the same batch and stops there.
 * Ctrl-C (``mpiexec`` and ``srun`` forward it to every rank): inside :meth:`Communicator.deferred_interrupts`
   the first SIGINT only sets a flag; :meth:`Communicator.stop_requested`, called once per step, is an
-  all-reduce of the flags, so all ranks stop after the same step. A second Ctrl-C interrupts at once.
+  all-reduce of the flags (over MPI it rides in the step's gradient all-reduce), so all ranks stop after
+  the same step. A second Ctrl-C interrupts at once.
 * Anything else raised on one rank: ``python -m mpi4py`` (or :meth:`Communicator.abort`) ends the job.
 """
 
@@ -130,6 +131,7 @@ class Communicator:
     local_rank = 0
     local_size = 1
     _interrupted = False  # set by the SIGINT handler of deferred_interrupts
+    _vote: bool | None = None  # the stop vote that rode in the last allreduce_sum (MPI), not yet asked for
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(rank={self.rank}, size={self.size}, local_rank={self.local_rank})"
@@ -205,9 +207,14 @@ class Communicator:
 
     def stop_requested(self) -> bool:
         """Has any rank seen Ctrl-C inside :meth:`deferred_interrupts`? The same answer on every rank
-        (a collective: call it at the same point on every rank, e.g. after every step)."""
+        (a collective: call it at the same point on every rank, e.g. after every step). Over MPI the vote
+        rides in the last :meth:`allreduce_sum`'s buffer (one more element), so a step pays no second
+        collective for it; without one since the last call, it is an all-reduce of its own."""
         if self.size == 1:
             return False
+        if self._vote is not None:
+            vote, self._vote = self._vote, None
+            return vote
         return self.any(self._interrupted)
 
     def barrier(self) -> None:
@@ -258,6 +265,17 @@ class MPICommunicator(Communicator):
         local = comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
         self.local_rank, self.local_size = local.Get_rank(), local.Get_size()
         local.Free()
+
+    def allreduce_sum(self, arrays: Sequence[Array]) -> None:
+        xp, dtype = _check_arrays(arrays)
+        if self.size == 1:
+            return
+        flag = xp.full((1,), 1.0 if self._interrupted else 0.0, dtype=dtype, device=array_api_compat.device(arrays[0]))
+        flat = _pack([*arrays, flag], xp)  # the stop vote rides as one more element
+        host = self._to_host(flat)
+        self._comm.Allreduce(self._MPI.IN_PLACE, host, op=self._MPI.SUM)
+        self._vote = bool(host[-1] > 0)
+        _unpack(self._from_host(host, flat), arrays, xp)
 
     def _allreduce_flat(self, flat: Array) -> Array:
         host = self._to_host(flat)
@@ -323,6 +341,8 @@ class NCCLCommunicator(MPICommunicator):
 
     def __repr__(self) -> str:
         return f"{super().__repr__()[:-1]}, device={self.device})"
+
+    allreduce_sum = Communicator.allreduce_sum  # no vote in NCCL's buffer: reading it would wait for the GPU
 
     def _nccl_type(self, flat: Array) -> Any:
         if not isinstance(flat, self._cupy.ndarray):

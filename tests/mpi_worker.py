@@ -49,6 +49,9 @@ def collectives(backend: str = "numpy", device: str | None = None) -> None:
     assert comm.allreduce_scalars([1, r, 0.5]) == [p, p * (p - 1) / 2, 0.5 * p]
     assert comm.broadcast_scalars([r, -r], root=root) == [root, -root]
     assert comm.any(r == p - 1) and not comm.any(False)
+    comm.allreduce_sum(arrays)
+    assert not comm.stop_requested()  # the vote that rode in the all-reduce
+    assert not comm.stop_requested()  # a vote of its own
     assert 0 <= comm.local_rank < comm.local_size <= p
     say(r, f"ok {type(comm).__name__} size {p} local {comm.local_rank}/{comm.local_size}")
 
