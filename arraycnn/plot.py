@@ -95,17 +95,27 @@ def _hide_ticks(ax: Any) -> None:
 # --------------------------------------------------------------------------- learning curves
 
 
+def _epochs(n: int) -> str:
+    return f"{n} epoch" if n == 1 else f"{n} epochs"
+
+
 def plot_history(history: Sequence[Mapping[str, Any]], path: PathLike,
-                 figsize: tuple[float, float] = (10, 4)) -> Path:
-    """Loss (left) and accuracy (right) per epoch, train and test.
+                 figsize: tuple[float, float] = (10, 4), augment: bool = False) -> Path:
+    """Loss (left) and accuracy (right) per epoch, train and test, on whole-epoch ticks.
 
     ``history``: one dict per epoch with ``epoch`` and any of ``train_loss``, ``test_loss``, ``train_acc``,
-    ``test_acc`` (accuracies as fractions; missing or None values are skipped).
+    ``test_acc`` (accuracies as fractions; missing or None values are skipped). A caption says how the two
+    differ: train is the running mean over the epoch's batches while the weights still change (with
+    ``augment``, on randomly shifted images, which are harder), test is measured after the epoch; so train
+    accuracy can sit below test accuracy without anything being wrong.
     """
     if not history or not all(isinstance(r, Mapping) and "epoch" in r for r in history):
         raise ValueError("history must be a non-empty list of dicts with an 'epoch' key (as fit() returns)")
+    from matplotlib.ticker import MaxNLocator
+
     fig = _figure(figsize)
     epochs = [r["epoch"] for r in history]
+    first, last = min(epochs), max(epochs)
     panels = (("loss", "cross-entropy", 1.0), ("acc", "accuracy (%)", 100.0))
     for col, (key, ylabel, scale) in enumerate(panels):
         ax = fig.add_subplot(1, 2, col + 1)
@@ -115,12 +125,21 @@ def plot_history(history: Sequence[Mapping[str, Any]], path: PathLike,
             if points:
                 ax.plot(*zip(*points, strict=True), style, label=split)
         ax.set_xlabel("epoch")
+        if last - first < 12:  # whole epochs only: a tick at each, none at 1.5 (nor at 0.99 for one epoch)
+            ax.set_xticks(range(first, last + 1))
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(first - 0.5, last + 0.5)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
-    fig.suptitle(f"training history ({len(history)} epochs)")
-    fig.subplots_adjust(wspace=0.3, top=0.88, bottom=0.14)
+    fig.suptitle(f"training history ({_epochs(len(history))})")
+    shifted = " on randomly shifted images (augmentation, harder)," if augment else ""
+    fig.text(0.5, 0.02, f"train: the running mean over each epoch's batches,{shifted} while the weights still change\n"
+             "test: measured after the epoch, so train accuracy can sit below test accuracy",
+             ha="center", va="bottom", fontsize=8, color="0.35", linespacing=1.4)
+    fig.subplots_adjust(wspace=0.3, top=0.88, bottom=0.26)
     return _save(fig, path)
 
 
@@ -188,7 +207,8 @@ def plot_feature_maps(model: Any, image: Any, path: PathLike, max_channels: int 
     """One digit through every layer of ``model``: a row per layer, up to ``max_channels`` maps each.
 
     ``image``: ``(H, W)``, ``(H, W, C)`` or ``(1, H, W, C)``, uint8 0..255 (scaled to [0, 1]) or floats.
-    Maps ``(H, W, C)`` are drawn channel by channel; vectors as bars (up to 64 entries) or as a strip,
+    Maps ``(H, W, C)`` are drawn channel by channel, the first ``max_channels`` of them (each row's label
+    says which of how many it shows); vectors as bars (up to 64 entries) or as a strip,
     and the last row (the logits) marks the predicted class. Default ``figsize``:
     ``(1.3·max_channels + 1.5, 1.3·rows)`` for ``rows = 1 + len(model.layers)``.
     """
@@ -199,6 +219,8 @@ def plot_feature_maps(model: Any, image: Any, path: PathLike, max_channels: int 
     grid = fig.add_gridspec(rows, max_channels, left=0.14, right=0.98, top=0.95, bottom=0.03, hspace=0.45)
     for r, (name, out) in enumerate(outputs):
         label = f"{name}\n{'x'.join(map(str, out.shape))}"
+        if out.ndim == 3 and out.shape[-1] > max_channels:
+            label += f"\nchannels 0-{max_channels - 1}\nof {out.shape[-1]}"
         if out.ndim == 3:
             for ch in range(min(out.shape[-1], max_channels)):
                 ax = fig.add_subplot(grid[r, ch])
@@ -210,7 +232,9 @@ def plot_feature_maps(model: Any, image: Any, path: PathLike, max_channels: int 
             ax = fig.add_subplot(grid[r, :])
             _plot_vector(ax, out.reshape(-1), mark_max=r == rows - 1)
             ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
-    fig.suptitle("feature maps of one digit, layer by layer", fontsize=10)
+    cut = max((out.shape[-1] for _, out in outputs if out.ndim == 3), default=0) > max_channels
+    shown = f": the first {max_channels} channels of each" if cut else ""
+    fig.suptitle(f"feature maps of one digit, layer by layer{shown}", fontsize=10)
     return _save(fig, path)
 
 
@@ -280,11 +304,12 @@ def confident_mistakes(y_true: np.ndarray, probs: np.ndarray, k: int) -> np.ndar
 
 
 def plot_misclassified(images: Any, y_true: Any, probs_or_logits: Any, path: PathLike, k: int = 16,
-                       figsize: tuple[float, float] | None = None) -> Path:
+                       figsize: tuple[float, float] | None = None, class_names: Sequence[str] | None = None) -> Path:
     """The ``k`` most confidently misclassified images: wrong predictions sorted by their probability.
 
     ``images (N, H, W[, 1])``, ``y_true (N,)``, ``probs_or_logits (N, K)`` (rows summing to 1 are read as
-    probabilities, anything else as logits). Each panel says ``predicted (probability) / true``.
+    probabilities, anything else as logits). Each panel says ``predicted (probability) / true``, as class
+    ids or, given ``class_names`` (one per class), as names on two lines.
     Default ``figsize``: ``(1.5·cols, 1.8·rows + 0.5)`` for ``k`` panels in rows of at most 8.
     """
     k = check_int(k, "k", 1)
@@ -293,6 +318,8 @@ def plot_misclassified(images: Any, y_true: Any, probs_or_logits: Any, path: Pat
     scores = np.asarray(to_numpy(probs_or_logits), dtype=np.float64)
     if scores.ndim != 2 or scores.shape[0] != len(images):
         raise ValueError(f"probs_or_logits must be (N, K) with N = {len(images)}, got shape {scores.shape}")
+    if class_names is not None and len(class_names) != scores.shape[1]:
+        raise ValueError(f"class_names must name the K = {scores.shape[1]} classes, got {len(class_names)}")
     probs = _probabilities(scores)
     pred = probs.argmax(axis=1)
     confidence = probs[np.arange(len(pred)), pred]
@@ -302,7 +329,9 @@ def plot_misclassified(images: Any, y_true: Any, probs_or_logits: Any, path: Pat
     for i, n in enumerate(shown):
         ax = fig.add_subplot(rows, cols, i + 1)
         ax.imshow(images[n], cmap="gray_r", vmin=0.0, vmax=1.0)
-        ax.set_title(f"{pred[n]} ({confidence[n]:.0%}) / {y_true[n]}", fontsize=9, color="tab:red")
+        title = (f"{pred[n]} ({confidence[n]:.0%}) / {y_true[n]}" if class_names is None else
+                 f"{class_names[pred[n]]} ({confidence[n]:.0%})\n/ {class_names[y_true[n]]}")
+        ax.set_title(title, fontsize=9 if class_names is None else 8, color="tab:red")
         _hide_ticks(ax)
     if len(shown) == 0:
         fig.text(0.5, 0.5, f"no misclassified images among {len(images)}", ha="center", va="center")
@@ -314,12 +343,15 @@ def plot_misclassified(images: Any, y_true: Any, probs_or_logits: Any, path: Pat
 
 
 def save_training_plots(model: Any, history: Sequence[Mapping[str, Any]] | None, test_images: np.ndarray,
-                        test_labels: np.ndarray, out_dir: PathLike, batch_size: int = 1000) -> dict[str, Path]:
+                        test_labels: np.ndarray, out_dir: PathLike, batch_size: int = 1000,
+                        class_names: Sequence[str] | None = None, augment: bool = False) -> dict[str, Path]:
     """Write every picture of a trained ``model`` into ``out_dir``; returns ``{name: path}``.
 
     ``history.png`` (when ``history`` is non-empty), ``filters.png``, ``feature_maps.png`` (the first test
     image), ``confusion_matrix.png`` and ``misclassified.png``. ``test_images``: host uint8
     ``(N, 28, 28, 1)``; ``test_labels``: int ``(N,)``; predictions run in batches of ``batch_size``.
+    ``class_names`` label the confusion matrix and the mistakes (e.g. ``arraycnn.data.class_names(ds)``);
+    ``augment``: the training images were randomly shifted (the history's caption says so).
     """
     test_labels = _as_labels(test_labels, "test_labels", len(test_images))
     if len(test_labels) == 0:
@@ -331,11 +363,13 @@ def save_training_plots(model: Any, history: Sequence[Mapping[str, Any]] | None,
     ])
     paths = {}
     if history:
-        paths["history"] = plot_history(history, out / "history.png")
+        paths["history"] = plot_history(history, out / "history.png", augment=augment)
     paths["filters"] = plot_filters(model, out / "filters.png")
     paths["feature_maps"] = plot_feature_maps(model, test_images[0], out / "feature_maps.png")
-    paths["confusion_matrix"] = plot_confusion_matrix(test_labels, logits.argmax(axis=1), out / "confusion_matrix.png")
-    paths["misclassified"] = plot_misclassified(test_images, test_labels, logits, out / "misclassified.png")
+    paths["confusion_matrix"] = plot_confusion_matrix(test_labels, logits.argmax(axis=1), out / "confusion_matrix.png",
+                                                      class_names=class_names)
+    paths["misclassified"] = plot_misclassified(test_images, test_labels, logits, out / "misclassified.png",
+                                                class_names=class_names)
     return paths
 
 

@@ -19,15 +19,18 @@
 # its three "difference from truth" check cells print 0, and where the tutorial hands the backward pass
 # to `tf.GradientTape`, we check a hand-written backward pass instead.
 #
-# * as a script: `python examples/tutorial.py --out-dir DIR` (or set `ARRAYCNN_TUTORIAL_OUT`);
-# * as a notebook: `jupytext --to notebook examples/tutorial.py`, then open `tutorial.ipynb`.
+# * as a script: `python examples/tutorial.py --out-dir DIR` (default `tutorial_out`, or set
+#   `ARRAYCNN_TUTORIAL_OUT`); `--help` lists the options;
+# * as a notebook: open `examples/tutorial.py` in Jupyter with jupytext installed (it is in the `test` extra),
+#   or make a `.ipynb` with `jupytext --to notebook examples/tutorial.py`.
 #
-# Pictures are saved as PNGs into the output folder (and shown inline in a notebook).
+# Every picture is saved as a PNG into the output folder; in a notebook it also shows under its cell.
 
 # %%
 import argparse
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -53,16 +56,29 @@ from arraycnn.optim import Adam
 from arraycnn.plot import save_training_plots
 from arraycnn.train import fit
 
+DEFAULT_OUT = os.environ.get("ARRAYCNN_TUTORIAL_OUT", "tutorial_out")
 parser = argparse.ArgumentParser(description="The TensorFlow CNN tutorial, answered by arraycnn")
-parser.add_argument("--out-dir", type=Path, default=Path(os.environ.get("ARRAYCNN_TUTORIAL_OUT", "tutorial_out")))
-parser.add_argument("--epochs", type=int, default=3, help="epochs of the small training run at the end")
-args, _ = parser.parse_known_args()   # a notebook kernel passes arguments of its own
+parser.add_argument("--out-dir", type=Path, default=Path(DEFAULT_OUT),
+                    help=f"where the pictures (PNG) are written; default {DEFAULT_OUT} (the environment variable "
+                         "ARRAYCNN_TUTORIAL_OUT sets it, e.g. for a notebook)")
+parser.add_argument("--epochs", type=int, default=3, help="epochs of the small training run at the end; default 3")
+# a notebook kernel runs with arguments of its own (-f connection-file): there the defaults hold
+args, _ = parser.parse_known_args(None if "ipykernel" not in sys.modules else [])
 OUT = args.out_dir
 OUT.mkdir(parents=True, exist_ok=True)
+IN_NOTEBOOK = "ipykernel" in sys.modules
 
 
-def show(name: str, panels: dict, cmap: str = "gray") -> Figure:
-    """A row of 2-D pictures with their titles, saved as OUT/name (and displayed when it ends a notebook cell)."""
+def display_png(path: Path) -> None:
+    """In a notebook, show the saved picture under the running cell (a script only writes the file)."""
+    if IN_NOTEBOOK:
+        from IPython.display import Image, display
+
+        display(Image(filename=str(path)))
+
+
+def show(name: str, panels: dict, cmap: str = "gray") -> None:
+    """A row of 2-D pictures with their titles, saved as OUT/name and, in a notebook, shown inline."""
     fig = Figure(figsize=(3.2 * len(panels), 3.4), dpi=100)
     for i, (title, image) in enumerate(panels.items()):
         ax = fig.add_subplot(1, len(panels), i + 1)
@@ -72,7 +88,7 @@ def show(name: str, panels: dict, cmap: str = "gray") -> Figure:
         ax.set_yticks([])
     fig.savefig(OUT / name)
     print(f"saved {OUT / name}")
-    return fig
+    display_png(OUT / name)
 
 
 def check(name: str, out: np.ndarray, truth: list) -> None:
@@ -339,3 +355,4 @@ print("predicted:", pred)
 print("true:     ", small.test_labels[:20])
 for name, path in save_training_plots(model, history, small.test_images, small.test_labels, OUT).items():
     print(f"saved {path}  ({name})")
+    display_png(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import os
 import re
@@ -15,16 +16,18 @@ pytest.importorskip("matplotlib")
 from matplotlib.image import imread
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+# the tutorial's pictures, in the order it draws them
+PICTURES = ("digit", "edges", "relu_and_pooling", "history", "filters", "feature_maps", "confusion_matrix",
+            "misclassified")
 HAS_TF = importlib.util.find_spec("tensorflow") is not None
 
 
-def run(script: str, *args: str, cwd: Path, env: dict[str, str] | None = None) -> str:
-    """Run an example with the Agg backend in ``cwd``; returns its stdout, fails with its output otherwise."""
-    env = {**os.environ, "MPLBACKEND": "Agg", "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
-    proc = subprocess.run([sys.executable, str(EXAMPLES / script), *args], cwd=cwd, env=env,
+def run(script: str, *args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run an example as a user would, in ``cwd``; returns the finished process, fails with its output otherwise."""
+    proc = subprocess.run([sys.executable, str(EXAMPLES / script), *args], cwd=cwd, env={**os.environ, **(env or {})},
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
+    return proc
 
 
 def assert_png(path: Path, min_side: int = 200) -> None:
@@ -37,7 +40,9 @@ def assert_png(path: Path, min_side: int = 200) -> None:
 @pytest.mark.parametrize("tf", [False, True] if HAS_TF else [False])
 def test_filters_example(tmp_path, tf):
     out = tmp_path / "figs" / "filters.png"
-    stdout = run("filters.py", "--out", str(out), *([] if tf else ["--no-tf"]), cwd=tmp_path)
+    proc = run("filters.py", "--out", str(out), *([] if tf else ["--no-tf"]), cwd=tmp_path)
+    stdout = proc.stdout
+    assert proc.stderr == "", proc.stderr   # no TensorFlow log lines
     assert_png(out)
     rows = 3 if tf else 2          # the TensorFlow row is added below the two rows of arraycnn pictures
     assert imread(out).shape[:2] == (round(320 * rows), 1300)
@@ -51,13 +56,37 @@ def test_filters_example(tmp_path, tf):
 @pytest.mark.slow
 def test_tutorial_example(tmp_path):
     out_dir = tmp_path / "tutorial_pictures"
-    stdout = run("tutorial.py", "--epochs", "1", cwd=tmp_path, env={"ARRAYCNN_TUTORIAL_OUT": str(out_dir)})
+    stdout = run("tutorial.py", "--epochs", "1", cwd=tmp_path, env={"ARRAYCNN_TUTORIAL_OUT": str(out_dir)}).stdout
     assert stdout.count("Difference from truth: 0.0  (max |entry| 0.0)") == 3   # the tutorial's three check cells
     assert "gradcheck passed for my_dense_backward" in stdout
     assert "gradcheck FAILED for wrong_dense_backward" in stdout
-    for name in ("digit", "edges", "relu_and_pooling", "history", "filters", "feature_maps", "confusion_matrix",
-                 "misclassified"):
+    for name in PICTURES:
         assert_png(out_dir / f"{name}.png")
+
+
+def test_tutorial_help_documents_out_dir(tmp_path):
+    stdout = run("tutorial.py", "--help", cwd=tmp_path).stdout
+    assert "--out-dir OUT_DIR  where the pictures (PNG) are written; default" in stdout
+    assert "tutorial_out" in stdout and list(tmp_path.iterdir()) == []   # --help writes nothing
+
+
+@pytest.mark.slow
+def test_tutorial_runs_in_a_jupyter_kernel_and_shows_its_pictures_inline(tmp_path, monkeypatch):
+    """The tutorial opened as a notebook (jupytext) and run by a real kernel (nbclient): every picture it saves
+    also shows under its cell, as a PNG output, and no cell fails."""
+    jupytext = pytest.importorskip("jupytext")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    notebook = jupytext.read(EXAMPLES / "tutorial.py")
+    out_dir = tmp_path / "pictures"
+    monkeypatch.setenv("ARRAYCNN_TUTORIAL_OUT", str(out_dir))   # the kernel inherits it (a notebook has no argv)
+    nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    inline = [base64.b64decode(o.data["image/png"]) for o in outputs if "image/png" in o.get("data", {})]
+    saved = [(out_dir / f"{name}.png").read_bytes() for name in PICTURES]
+    assert inline == saved   # each saved picture shown once, in the tutorial's order
 
 
 def test_tutorial_is_a_percent_format_notebook():

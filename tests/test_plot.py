@@ -140,3 +140,54 @@ def test_plot_reconstructions(tmp_path, images):
     assert_png(plot.plot_reconstructions(images[:3, ..., 0], recon[:3], tmp_path / "default.png"), (1.2 * 3 + 0.4, 3))
     with pytest.raises(ValueError, match="reconstructions must match images"):
         plot.plot_reconstructions(images[:5], recon[:4], tmp_path / "x.png")
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures the plot functions draw, caught instead of saved: their texts and ticks can be read."""
+    figures = []
+    monkeypatch.setattr(plot, "_save", lambda fig, path: figures.append(fig) or path)
+    return figures
+
+
+@pytest.mark.parametrize(("epochs", "title"), [(1, "training history (1 epoch)"), (3, "training history (3 epochs)"),
+                                              (30, "training history (30 epochs)")])
+def test_history_has_whole_epoch_ticks_and_a_grammatical_title(drawn, epochs, title):
+    history = [{"epoch": e, "train_loss": 1.0 / e, "test_acc": 0.5} for e in range(1, epochs + 1)]
+    plot.plot_history(history, "h.png")
+    fig = drawn[0]
+    assert fig._suptitle.get_text() == title
+    for ax in fig.axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+        assert ticks == list(range(1, epochs + 1)) or epochs > 12
+
+
+def test_history_caption_explains_train_below_test(drawn):
+    plot.plot_history(HISTORY, "a.png", augment=True)
+    plot.plot_history(HISTORY, "b.png")
+    augmented, plain = ("".join(t.get_text() for t in fig.texts) for fig in drawn)
+    assert "running mean over each epoch's batches" in plain and "train accuracy can sit below test" in plain
+    assert "randomly shifted images (augmentation" in augmented and "shifted" not in plain
+
+
+def test_feature_maps_say_which_channels_they_show(drawn, model, images):
+    plot.plot_feature_maps(model, images[0], "maps.png", max_channels=2)
+    fig = drawn[0]
+    labels = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
+    assert labels[1] == "Conv2D\n6x6x3\nchannels 0-1\nof 3" and labels[0] == "input\n8x8x1"
+    assert fig._suptitle.get_text().endswith(": the first 2 channels of each")
+    drawn.clear()
+    plot.plot_feature_maps(model, images[0], "all.png", max_channels=3)   # every channel shown: nothing to say
+    assert "channels" not in "".join(ax.get_ylabel() for ax in drawn[0].axes) + drawn[0]._suptitle.get_text()
+
+
+def test_class_names_label_the_mistakes_and_the_confusion_matrix(drawn, model, images, labels):
+    names = ["T-shirt/top", "Trouser", "Pullover", "Ankle boot"]
+    plot.save_training_plots(model, HISTORY, images, labels, "out", class_names=names)
+    confusion, mistakes = drawn[3], drawn[4]
+    assert [t.get_text() for t in confusion.axes[0].get_xticklabels()] == names
+    titles = [ax.get_title() for ax in mistakes.axes if ax.get_title()]
+    assert titles and all(t.count("\n/ ") == 1 and t.split(" (")[0] in names for t in titles), titles
+    with pytest.raises(ValueError, match="class_names must name the K = 4 classes, got 2"):
+        plot.plot_misclassified(images, labels, np.zeros((N, K)), "x.png", class_names=names[:2])
