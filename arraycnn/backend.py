@@ -236,6 +236,9 @@ def random_uniform(shape: tuple[int, ...], seed: int, counter: int, *, like: Arr
 
     The numbers differ between those three families, never between two calls of one.
     """
+    for what, value in (("seed", seed), ("counter", counter)):
+        if not 0 <= value < 2**64:
+            raise ValueError(f"{what} must be in [0, 2**64), got {value}")
     xp = array_api_compat.array_namespace(like)
     name, dtype, device = backend_name(xp), like.dtype, array_api_compat.device(like)
     if name == "numpy":

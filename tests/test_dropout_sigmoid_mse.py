@@ -223,6 +223,8 @@ def test_dropout_with_p_0_is_the_identity_and_keeps_dtype(xp, dtype):
     ({"p": "0.5"}, ValueError, r"p must be a drop probability"),
     ({"p": True}, ValueError, r"p must be a drop probability"),
     ({"p": 0.5, "seed": -1}, ValueError, "seed must be >= 0"),
+    ({"p": 0.5, "seed": 2**64}, ValueError, r"seed must be in \[0, 2\*\*64\)"),
+    ({"p": 0.5, "counter": 2**64}, ValueError, r"counter must be in \[0, 2\*\*64\)"),
     ({"p": 0.5, "counter": 1.5}, TypeError, "counter must be an int"),
 ])
 def test_dropout_bad_input(xp, kwargs, error, match):
