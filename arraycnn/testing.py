@@ -4,7 +4,8 @@ The engine's own test suite draws its cases from here, and learners who write th
 the same tools (needs ``hypothesis``: ``pip install 'arraycnn[test]'``):
 
 * strategies: :func:`conv_configs`, :func:`conv_transpose_configs`, :func:`pool_configs` (valid shapes,
-  strides and paddings) and :data:`seeds`; data makers :func:`random_array`, :func:`tie_free_array` and :func:`tied_array`;
+  strides and paddings) and :data:`seeds`; data makers :func:`random_array`, :func:`tie_free_array` and
+  :func:`tied_array`;
 * :func:`assert_matches_engine`: property-test your own forward/backward pair against arraycnn's op;
 * :func:`gradcheck` (re-exported from :mod:`arraycnn.gradcheck`): check a backward pass against central
   differences of its own forward, with no reference implementation at all.
