@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import math
 import os
+import re
 import signal
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -79,11 +83,30 @@ def test_resume_from_a_bad_checkpoint_is_an_error(tmp_path, damage):
     assert "epoch" not in result.stdout and not (tmp_path / "m.json").exists()  # never a silent fresh start
 
 
-def test_bad_arguments_exit_with_usage_errors(tmp_path):
-    result = example(tmp_path, "--batch-size", "0")
-    assert result.returncode == 2 and "--batch-size must be >= 1" in result.stderr
-    result = example(tmp_path, "--source", "bundled", "--dataset", "fashion_mnist", "--epochs", "1")
-    assert result.returncode == 2 and "error: source='bundled' holds mnist only" in result.stderr
+BAD_ARGUMENTS = [
+    (["--lr", "nan"], "argument --lr: must be a finite number > 0, got nan"),
+    (["--lr", "inf"], "argument --lr: must be a finite number > 0, got inf"),
+    (["--lr", "0"], "argument --lr: must be a finite number > 0, got 0"),
+    (["--lr", "-0.001"], "argument --lr: must be a finite number > 0, got -0.001"),
+    (["--lr", "fast"], "argument --lr: expected a number > 0, got 'fast'"),
+    (["--epochs", "-1"], "argument --epochs: must be >= 0, got -1"),
+    (["--batch-size", "0"], "argument --batch-size: must be >= 1, got 0"),
+    (["--seed", "-3"], "argument --seed: must be >= 0, got -3"),
+    (["--train-size", "0"], "argument --train-size: must be >= 1, got 0"),
+    (["--test-size", "1.5"], "argument --test-size: expected an integer >= 1, got '1.5'"),
+    (["--model", "vgg", "--conv-method", "toeplitz"], "--model vgg uses im2col"),
+    (["--source", "bundled", "--dataset", "fashion_mnist"], "--source bundled holds mnist only"),
+    (["--source", "idx", "--data-dir", "nowhere"], "--data-dir nowhere is not a directory"),
+    (["--resume", "missing.npz"], "error: checkpoint missing.npz does not exist"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_ARGUMENTS, ids=[" ".join(a) for a, _ in BAD_ARGUMENTS])
+def test_bad_arguments_exit_2_before_anything_is_loaded(tmp_path, args, message):
+    """argparse refuses them: no header, no data source chosen, no backend imported, no file written."""
+    result = example(tmp_path, *args, "--metrics-json", "m.json")
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert result.stdout == "" and list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow
@@ -110,8 +133,58 @@ def test_ctrl_c_saves_the_last_completed_epoch_and_exits_130(tmp_path):
 def test_divergence_exits_1_and_never_saves_a_broken_model(tmp_path):
     result = example(tmp_path, *TINY, "--epochs", "2", "--lr", "1e30", "--save", "ck.npz", "--metrics-json", "m.json")
     assert result.returncode == 1, result.stderr
+    assert result.stderr == ""   # no NumPy RuntimeWarning lines: the one message below says it all
+    assert result.stdout.count("training diverged") == 1
     assert "training diverged: the mean train loss is" in result.stdout
     assert "The last good state is kept: the state after epoch 0 is saved in ck.npz" in result.stdout
     arrays, meta = read_npz(tmp_path / "ck.npz")
     assert meta["epoch"] == 0 and all(np.isfinite(v).all() for v in arrays.values())
     assert json.loads((tmp_path / "m.json").read_text())["status"] == "diverged"
+
+
+def test_a_loss_that_explodes_but_stays_finite_is_divergence(tmp_path):
+    """SGD at lr 1000 reaches ~1e11 within a few batches: over 100 x ln 10, so it stops like NaN would."""
+    result = example(tmp_path, *TINY, "--epochs", "2", "--optimizer", "sgd", "--lr", "1000", "--metrics-json", "m.json")
+    assert result.returncode == 1 and result.stderr == "", result.stderr
+    line = next(line for line in result.stdout.splitlines() if line.startswith("training diverged"))
+    loss = float(re.search(r"the mean train loss is (\S+) in epoch 1/2", line).group(1))
+    assert 230 < loss < float("inf") and "over 100 x ln 10 = 230" in line, line
+    assert "epoch 1/2  train loss" not in result.stdout   # stopped within the first epoch
+    assert json.loads((tmp_path / "m.json").read_text())["status"] == "diverged"
+
+
+def test_zero_epochs_evaluates_the_untrained_network(tmp_path):
+    result = example(tmp_path, *TINY, "--epochs", "0", "--metrics-json", "m.json")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    accuracy = metrics["final_test_accuracy"]
+    assert metrics["history"] == [] and 0.0 <= accuracy <= 0.3   # a guess among ten classes: about 10 %
+    assert metrics["final_test_loss"] == pytest.approx(math.log(10), rel=0.2)
+    assert (f"final test accuracy {accuracy:.2%} on 100 test images (the untrained network: no epoch was trained)"
+            in result.stdout)
+    assert "n/a" not in result.stdout and metrics["class_names"] == [str(d) for d in range(10)]
+
+
+def write_idx(directory: Path, n: int, seed: int) -> None:
+    """The four IDX files of a tiny random data set (images and labels 0..9) in ``directory``."""
+    rng = np.random.default_rng(seed)
+    for prefix in ("train", "t10k"):
+        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        labels = np.arange(n, dtype=np.uint8) % 10
+        header = struct.pack(">IIII", 0x803, n, 28, 28)
+        (directory / f"{prefix}-images-idx3-ubyte").write_bytes(header + images.tobytes())
+        (directory / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 0x801, n) + labels.tobytes())
+
+
+def test_fashion_mnist_predictions_are_named(tmp_path):
+    """Fashion-MNIST's classes are printed and recorded by name; MNIST's stay digits (test above)."""
+    write_idx(tmp_path, 20, seed=0)
+    result = example(tmp_path, "--dataset", "fashion_mnist", "--source", "idx", "--data-dir", ".", "--epochs", "0",
+                     "--metrics-json", "m.json")
+    assert result.returncode == 0, result.stderr
+    names = json.loads((tmp_path / "m.json").read_text())["class_names"]
+    assert names[0] == "T-shirt/top" and names[9] == "Ankle boot" and len(names) == 10
+    true = re.search(r"^  true:      (\[.*?\])", result.stdout, re.MULTILINE).group(1)
+    predicted = re.search(r"^  predicted: (\[.*?\])", result.stdout, re.MULTILINE).group(1)
+    assert ast.literal_eval(true) == names  # labels 0..9 in order
+    assert set(ast.literal_eval(predicted)) <= set(names)
