@@ -140,6 +140,17 @@ def test_collectives_match_their_closed_forms(ranks, backend):
 
 
 @needs_mpi
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_fit_over_ranks_follows_one_process_and_keeps_every_copy_equal(ranks):
+    """float64; a last batch of one row leaves ranks without rows (they add zeros); parameters bitwise equal."""
+    proc = mpirun(ranks, "train")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for text in rank_lines(proc.stdout, ranks).values():
+        rel, same = re.fullmatch(r"rel (\S+) same-as-rank-0 (True|False)", text).groups()
+        assert float(rel) <= 1e-10 and same == "True", text
+
+
+@needs_mpi
 def test_a_rank_that_raises_ends_the_job_within_seconds():
     """The other ranks wait in an all-reduce that can never complete; the job must still end, non-zero."""
     start = time.perf_counter()
