@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Download the pure-Python wheels that benchmarks/gpu.sh installs on a GPU machine without network, into
-# .whl/ (git-ignored; carry it to that machine). Versions are those of this checkout's venv when it has
-# them, so the GPU run tests what passed here. Not CuPy or PyTorch: the GPU machine brings its own.
+# .whl/ (git-ignored; carry it to that machine: the device tool's `carry: [".whl"]`). Versions are those of
+# this checkout's venv when it has them, so the GPU run tests what passed here. Only what that machine
+# lacks (its image has NumPy, CuPy for CUDA 13, PyTorch, pytest, hypothesis, threadpoolctl and tqdm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"

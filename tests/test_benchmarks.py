@@ -6,6 +6,8 @@ TensorFlow engines are not built here (importing TensorFlow alone takes longer t
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -332,18 +334,58 @@ def test_tiny_cpu_run_writes_its_table(tmp_path):
     assert text.count(" / ") >= 2  # each timed figure shows two runs
 
 
-def test_gpu_script_dry_run_on_the_cpu(tmp_path):
+def test_gpu_script_dry_run_on_the_cpu(tmp_path, monkeypatch):
     from benchmarks import gpu
 
+    monkeypatch.setenv("CUPY_TF32", "0")  # set_precision writes it; the test leaves the environment as it was
     out = tmp_path / "gpu.md"
     args = gpu.parse_args(["--dry-run", "--no-epoch", "--out", str(out), "--tests", "cupy: 1 passed"])
-    assert args.batch_sizes == [4, 8]
+    assert args.batch_sizes == [4, 8] and args.precision == "fp32"
     assert gpu.main(["--dry-run", "--no-epoch", "--out", str(out), "--tests", "cupy: 1 passed"]) == 0
     text = out.read_text()
     assert "DRY RUN" in text and "Tests: cupy: 1 passed" in text and "| training step, batch 8 (images/s) |" in text
+    assert "Precision: full FP32 matrix products and convolutions in both engines: CUPY_TF32=0" in text
+    assert "Kernel compilation, apart from the step times: " in text and "first train_step" in text
+    assert "Parity, NumPy against the device from the same start: 11 of 11 checks within their bounds." in text
+    assert "Array ops: train_step at batch 32: " in text
     doc = tmp_path / "doc.md"
     gpu.main(["--insert-table", str(out), "--docs", str(doc)])
     assert "<!-- gpu-table:start -->" in doc.read_text()
+
+
+def test_gpu_parity_checks_and_precision_guard(monkeypatch):
+    from benchmarks import gpu
+
+    assert gpu.Check("x", 1e-5, 2e-4).ok and not gpu.Check("x", 3e-4, 2e-4).ok
+    assert not gpu.Check("x", float("nan"), 2e-4).ok  # a NaN never passes
+    assert gpu.Check("loss", 3e-4, 2e-4).line() == "FAIL loss: 0.0003 (bound 0.0002)"
+    monkeypatch.setenv("CUPY_TF32", "0")
+    monkeypatch.setitem(sys.modules, "cupy", object())  # CuPy already imported: too late to change its mode
+    with pytest.raises(RuntimeError, match="CUPY_TF32"):
+        gpu.set_precision("tf32", dry_run=True)
+
+
+def test_gpu_shell_script_fits_a_short_loan():
+    """Every stage of gpu.sh runs under a timeout, ~6 minutes in all; no -x on the cupy tests; the benchmark
+    starts from an empty kernel cache; no CPU-only test stage."""
+    script = (ROOT / "benchmarks" / "gpu.sh").read_text()
+    limits = [int(n) for n in re.findall(r"\btimeout (\d+) ", script)]
+    assert len(limits) == 6 and sum(limits) <= 360, limits
+    pytest_lines = [line for line in script.splitlines() if "-m pytest" in line]
+    assert len(pytest_lines) == 1 and " -x" not in pytest_lines[0] and "-k cupy" in pytest_lines[0]
+    assert 'CUPY_CACHE_DIR="$WORK/kernels-empty"' in script and "--resume" in script and "--save" in script
+
+
+@pytest.mark.slow
+def test_gpu_shell_script_dry_run(tmp_path):
+    env = {**os.environ, "OUT": str(tmp_path), "GPU_TESTS": "tests/test_optim.py", "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--dry-run"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    table = (tmp_path / "gpu-table.md").read_text()
+    assert "Tests: mnist.py save and resume: passed: epoch 2/2" in table and "Tests: cupy tests: " in table
+    assert "11 of 11 checks" in table
+    assert {p.name for p in tmp_path.iterdir()} == {"gpu-table.md", "gpu-bench.log", "mnist.log", "pytest-cupy.log"}
 
 
 def test_gpu_shell_script_parses():
