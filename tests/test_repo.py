@@ -38,7 +38,7 @@ DOCS_COPY_IGNORE = shutil.ignore_patterns(".git", ".venv", "site", ".cache", "__
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> pathlib.Path:
     """The docs built by ``python -m zensical build --strict`` in a copy of the repository (the build writes site/)."""
-    pytest.importorskip("zensical", reason="the docs builder comes with the 'docs' extra (and with 'test')")
+    pytest.importorskip("zensical", reason="the docs builder comes with the docs extra and with test (Python 3.11+)")
     copy = tmp_path_factory.mktemp("docs") / "repo"
     shutil.copytree(ROOT, copy, ignore=DOCS_COPY_IGNORE)
     result = subprocess.run([sys.executable, "-m", "zensical", "build", "--strict"], cwd=copy, capture_output=True,
@@ -225,12 +225,12 @@ def test_skips_are_summarised_by_reason_and_failures_print_in_full(tmp_path):
     assert re.fullmatch(r"1 failed, 1 passed, 32 skipped in [\d.]+s", lines[-1]), lines[-1]
 
 
-def test_engine_never_imports_tensorflow_or_torch_and_only_backend_names_cupy():
-    """tensorflow_datasets (the data extra) is allowed; TensorFlow itself is a test oracle only. The
-    communicator seam (distributed.py) is the one other place for CuPy, for its NCCL, and the only one for
-    mpi4py."""
+def test_engine_never_imports_tensorflow_and_only_backend_names_array_libraries():
+    """tensorflow_datasets (the data extra) is allowed; TensorFlow itself is a test oracle only. backend.py
+    is the one module that names array libraries (CuPy, torch); the communicator seam (distributed.py) is
+    the one other place for CuPy, for its NCCL, and the only one for mpi4py."""
     forbidden = re.compile(r"^\s*(?:import|from)\s+(tensorflow|torch|cupy|mpi4py)\b(?!_)", re.MULTILINE)
-    allowed = {"cupy": {"backend.py", "distributed.py"}, "mpi4py": {"distributed.py"}}
+    allowed = {"cupy": {"backend.py", "distributed.py"}, "torch": {"backend.py"}, "mpi4py": {"distributed.py"}}
     offenders = []
     for path in (ROOT / "arraycnn").rglob("*.py"):
         for match in forbidden.finditer(path.read_text()):
