@@ -12,10 +12,11 @@ Three studies, each over seeds 0, 1, 2 (issue 12):
 The PyTorch nets are written out from the issue's layer list (NCHW, a channels-last flatten before the first
 Linear so its weight is arraycnn's ``(K, H*W*C)``), then every parameter is copied from the arraycnn model
 built with the same seed (:func:`copy_parameters`, which checks each shape): both engines start from the
-same He-normal numbers. Both see the same host batches (``arraycnn.data.epoch_batches(seed, epoch)``) and use
-Adam with eps 1e-7 (arraycnn's Keras form adds it to the uncorrected ``sqrt(v)``, PyTorch to the corrected
-one; see ``arraycnn.optim.Adam``). What still differs: the dropout masks (each engine draws its own) and the
-order of floating-point sums.
+same He-normal numbers; the twin's dropout draws arraycnn's masks (:func:`share_dropout_masks`). Both see the
+same host batches (``arraycnn.data.epoch_batches(seed, epoch)``) and use Adam with eps 1e-7 (arraycnn's Keras
+form adds it to the uncorrected ``sqrt(v)``, PyTorch to the corrected one; see ``arraycnn.optim.Adam``). What
+still differs is the order of floating-point sums (and that eps), so two runs start equal and drift apart
+by rounding: the comparison tests the engine, not the luck of the draw.
 
 Each finished (engine, seed) run is saved to ``results/accuracy_<study>.json`` and skipped the next time.
 
@@ -151,6 +152,42 @@ def copy_parameters(ours: Any, theirs: Any) -> int:
     return len(mine)
 
 
+def share_dropout_masks(ours: Any, theirs: Any) -> int:
+    """Make each ``nn.Dropout`` of the PyTorch twin draw the masks its arraycnn ``Dropout`` layer draws.
+
+    The twin's ``i``-th dropout module gets the ``i``-th arraycnn layer's ``(seed, counter)`` and, at each
+    training forward, takes the mask ``m = [u >= p] / (1 - p)`` of :func:`arraycnn.functional.dropout_forward`
+    for that key (NumPy's Philox) and advances its own counter, as the arraycnn layer does. Two runs that
+    take the same steps then drop the same units; returns the number of modules replaced.
+    """
+    import torch
+    from torch import nn
+
+    from arraycnn.functional import dropout_forward
+    from arraycnn.layers import Dropout
+
+    class ArraycnnMaskDropout(nn.Module):
+        def __init__(self, layer: Dropout) -> None:
+            super().__init__()
+            self.p, self.seed, self.counter = layer.p, layer.seed, layer.counter
+
+        def forward(self, x: Any) -> Any:
+            if not self.training:
+                return x
+            _, mask = dropout_forward(torch.ones_like(x).numpy(), self.p, self.seed, self.counter)  # x's dtype
+            self.counter += 1
+            return x * torch.from_numpy(mask)
+
+    layers = [layer for layer in ours.layers if isinstance(layer, Dropout)]
+    slots = [i for i, module in enumerate(theirs) if isinstance(module, nn.Dropout)]
+    if len(layers) != len(slots) or any(theirs[i].p != layer.p for i, layer in zip(slots, layers, strict=False)):
+        raise ValueError(f"arraycnn's dropout layers {[layer.p for layer in layers]} do not pair with the twin's "
+                         f"{[theirs[i].p for i in slots]}")
+    for i, layer in zip(slots, layers, strict=True):
+        theirs[i] = ArraycnnMaskDropout(layer)
+    return len(slots)
+
+
 # -- one engine's run -------------------------------------------------------------------------------------
 @dataclass
 class Runner:
@@ -187,9 +224,10 @@ def torch_runner(study: Study, seed: int, threads: int) -> Runner:
     from arraycnn import models
 
     torch.set_num_threads(threads)
-    torch.manual_seed(seed)  # the dropout masks
-    net = torch_model(study.model)
-    copy_parameters(getattr(models, study.model)(seed=seed), net)
+    torch.manual_seed(seed)
+    net, ours = torch_model(study.model), getattr(models, study.model)(seed=seed)
+    copy_parameters(ours, net)
+    share_dropout_masks(ours, net)
     opt = torch.optim.Adam(net.parameters(), lr=LR, eps=ADAM_EPS)
     loss_fn = torch.nn.MSELoss() if study.metric == "mse" else torch.nn.CrossEntropyLoss()
 
@@ -276,8 +314,8 @@ def report(saved_by_study: dict[str, dict]) -> str:
     return "\n".join([
         f"Updated {common.today()} on {common.machine_line()}; threads per engine {', '.join(threads) or 'n/a'}.",
         "The same network in each engine, starting from the SAME He-normal weights (arraycnn's, copied into "
-        "PyTorch), on the same host batches, Adam lr 1e-3 eps 1e-7, float32; the dropout masks are each "
-        "engine's own. Test metric after the last epoch: median over the seeds (min–max). Seconds per epoch: "
+        "PyTorch), on the same host batches with the same dropout masks (arraycnn's), Adam lr 1e-3 eps 1e-7, "
+        "float32. Test metric after the last epoch: median over the seeds (min–max). Seconds per epoch: "
         "median training time of an epoch (no evaluation), on a machine shared with other work, so they are "
         "indicative only; `benchmarks/cpu.py` times steps properly.",
         "",
