@@ -246,3 +246,19 @@ def test_layers_keep_backend_dtype_and_device(xp):
 def test_bad_arguments_name_the_argument(make, error, match):
     with pytest.raises(error, match=match):
         make()
+
+
+def test_threaded_prediction_uses_the_current_running_statistics():
+    """The execution predicts on shallow replicas made once; BatchNorm updates its statistics in place, so
+    after more training the replicas still normalise with the current ones."""
+    from arraycnn.execution import ChunkedExecution
+
+    rng = np.random.default_rng(0)
+    layers = [Conv2D(1, 3, 3, rng=rng, dtype="float64"), BatchNorm(3, dtype="float64"), Flatten(),
+              Dense(3 * 4 * 4, 2, rng=rng, dtype="float64")]
+    with Sequential(layers, execution=ChunkedExecution(threads=2, chunk_rows=4)) as model:
+        x = _host(1, (12, 6, 6, 1))
+        model.predict(x)                                    # makes the replicas
+        for step in range(3):
+            model.train_step(_host(2 + step, (8, 6, 6, 1), shift=float(step)), np.array([0, 1] * 4), Adam())
+        _same(model.predict(x), model.forward(x, train=False), "threaded prediction")
