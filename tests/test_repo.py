@@ -237,3 +237,13 @@ def test_engine_never_imports_tensorflow_and_only_backend_names_array_libraries(
             if path.name not in allowed.get(match.group(1), ()):
                 offenders.append(f"{path.relative_to(ROOT)}: {match.group(0).strip()}")
     assert not offenders, offenders
+
+
+def test_conv2d_backward_defines_the_symbols_of_its_formula():
+    """help(conv2d_backward) is read on its own: every matrix its one-line math names is defined there."""
+    from arraycnn.functional import conv2d_backward
+
+    doc = conv2d_backward.__doc__
+    assert "dW = dYᵀ P" in doc and "dx = col2im(dY W)" in doc
+    for symbol in ("P (N*OH*OW, KH*KW*C)", "W (K, KH*KW*C)", "dY (N*OH*OW, K)"):
+        assert symbol in doc, symbol

@@ -112,7 +112,9 @@ def conv2d_im2col_backward(
 ) -> tuple[Array | None, Array, Array | None]:
     """``dx = col2im(dY W)``, ``dW = dYᵀ P``, ``db = Σ_{n,oh,ow} dy`` for ``dy (N, OH, OW, K)`` -> ``(dx, dw, db)``.
 
-    ``db`` is None without a bias; ``input_grad=False`` skips ``dx`` (returned as None).
+    ``P (N*OH*OW, KH*KW*C)``: the input's patches (im2col); ``W (K, KH*KW*C)``: the filters, one per row;
+    ``dY (N*OH*OW, K)``: ``dy`` flattened (see :func:`conv2d_backward`). ``db`` is None without a bias;
+    ``input_grad=False`` skips ``dx`` (returned as None).
     """
     xp = array_api_compat.array_namespace(dy)
     win, w, (n, _, _, c) = cache.win, cache.w, cache.x_shape
@@ -195,7 +197,16 @@ def conv2d_forward(
 def conv2d_backward(
     dy: Array, cache: Im2colConvCache | ToeplitzConvCache, input_grad: bool = True
 ) -> tuple[Array | None, Array, Array | None]:
-    """``(dx, dw, db)`` for ``dy (N, OH, OW, K)``: the backward of the method whose forward made ``cache``."""
+    """``(dx, dw, db)`` for ``dy (N, OH, OW, K)``: the backward of the method whose forward made ``cache``.
+
+    In matrix form, with ``P (N*OH*OW, KH*KW*C)`` the patches of the padded input (row ``(n, oh, ow)`` holds
+    the window that output pixel reads: im2col), ``W (K, KH*KW*C)`` the filters ``w`` flattened one per row
+    and ``dY (N*OH*OW, K)`` the upstream gradient ``dy`` flattened the same way (the forward is ``Y = P Wᵀ``):
+    ``dW = dYᵀ P`` (reshaped to ``w``'s shape), ``dx = col2im(dY W)`` (each patch's gradient added back where
+    the patch came from, the padding cropped), ``db = Σ_{n,oh,ow} dy``. The toeplitz method gets the same
+    numbers from its unrolled kernel ``T``: ``dx = Tᵀ dy``. ``db`` is None without a bias;
+    ``input_grad=False`` skips ``dx`` (returned as None), as a network's first layer needs no ``dx``.
+    """
     backward = _BACKWARDS.get(type(cache))
     if backward is None:
         raise TypeError(f"cache must come from conv2d_forward(..., keep_cache=True), got {type(cache).__name__}")
