@@ -258,6 +258,9 @@ def prepare(args: argparse.Namespace, log: Any, comm: Communicator | None = None
     else:
         model = vgg_digits(xp, cfg["dtype"], cfg["seed"], device=device)
     if comm is not None and comm.size > 1:
+        if any(layer.mixes_rows for layer in model.layers):
+            raise ValueError(f"--distributed needs a network whose layers treat the rows of a batch independently; "
+                             f"--model {cfg['model']} mixes them (BatchNorm, Dropout): use --model tutorial")
         model.execution = default_execution(xp, comm)  # threads: this machine's cores over its ranks
     optimizer = make_optimizer(cfg["optimizer"], cfg["lr"])
     if args.resume is None:

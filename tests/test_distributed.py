@@ -263,3 +263,42 @@ def test_example_under_another_mpis_launcher_is_a_clear_error(tmp_path):
     proc = example_alone(tmp_path, "--distributed", "--epochs", "0", env={"OMPI_COMM_WORLD_SIZE": "2"})
     assert proc.returncode == 2
     assert "the launcher started 2 ranks (OMPI_COMM_WORLD_SIZE=2), but MPI reports 1" in proc.stderr
+
+
+# --------------------------------------------------------------------------- benchmarks/scaling.py
+
+
+def test_scaling_projection_and_report():
+    from benchmarks import scaling
+
+    assert scaling.allreduce_model(2, 0) == pytest.approx(2 * scaling.NET_LATENCY_S)
+    expected = 2 * 6 * scaling.NET_LATENCY_S + 2 * 63 / 64 * 1e9 / scaling.NET_BYTES_PER_S
+    assert scaling.allreduce_model(64, 10**9) == pytest.approx(expected)
+    compute = {"64": 0.016, "8": 0.003, "1": 0.001}
+
+    def run(ranks, threads, seconds):
+        return {"ranks": ranks, "threads": threads, "dataset": "fashion_mnist (test)", "train_size": 6400,
+                "epoch_seconds": seconds, "steps": 100, "allreduce_in_epoch_s": 0.1 * (ranks > 1),
+                "stop_votes_in_epoch_s": 0.001, "allreduce_alone_s": 5e-4, "pack_unpack_s": 1e-4,
+                "gradient_bytes": 806_280, "compute_s_at_rows": compute, "calls": 200, "others_share": 0.02}
+
+    text = scaling.report([run(1, 1, 2.0), run(1, 2, 1.2), run(2, 1, 1.0)])
+    assert "| 2 x 1 | 1.0 s | 6,400 | 2.00x | 10.0 ms | 1.00 ms (10 %) | 0.500 ms (5.0 %) |" in text
+    assert "| 64 | 4096 | 64 | 16.00 ms |" in text and "0.81 MB" in text
+
+
+@needs_mpi
+def test_divergence_under_mpi_stops_every_rank_with_status_1(tmp_path):
+    proc = mpirun(2, "--train-size", "256", "--test-size", "20", "--batch-size", "32", "--optimizer", "sgd",
+                  "--lr", "1e4", "--epochs", "3", "--save", "ck.npz", "--distributed", script=EXAMPLE, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stdout.count("training diverged") == 1  # rank 0 alone says it
+    assert "The last good state is kept: the state after epoch 0 is saved in ck.npz" in proc.stdout
+
+
+@needs_mpi
+def test_a_row_mixing_network_is_refused_under_mpi(tmp_path):
+    proc = mpirun(2, "--model", "vgg", "--train-size", "64", "--epochs", "1", "--distributed", script=EXAMPLE,
+                  cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "--model vgg mixes them (BatchNorm, Dropout)" in proc.stderr
