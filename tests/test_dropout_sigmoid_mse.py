@@ -238,3 +238,16 @@ def test_dropout_refuses_integer_input_and_wrong_dy(xp):
     _, mask = dropout_forward(to_xp(xp, np.ones((2, 3)), "float64"), 0.5)
     with pytest.raises(ValueError, match=r"dy must have the input's shape \(2, 3\)"):
         dropout_backward(to_xp(xp, np.ones((3, 2)), "float64"), mask)
+
+
+def test_dropout_on_torch_tensors_draws_with_a_torch_generator():
+    """PyTorch (through array-api-compat) draws with a torch.Generator on the tensor's device, keyed as the others."""
+    torch = pytest.importorskip("torch")
+    x = torch.ones((50, 40), dtype=torch.float32)
+    u = random_uniform((50, 40), 5, 6, like=x)
+    assert isinstance(u, torch.Tensor) and u.dtype == torch.float32 and u.device == x.device
+    assert torch.equal(u, random_uniform((50, 40), 5, 6, like=x))
+    assert not torch.equal(u, random_uniform((50, 40), 5, 7, like=x))
+    y, mask = dropout_forward(x, 0.25, seed=5, counter=6)
+    assert torch.equal(y, (u >= 0.25).to(torch.float32) / 0.75)
+    assert torch.equal(dropout_backward(torch.full((50, 40), 3.0), mask), 3.0 * y)
