@@ -175,13 +175,15 @@ def make_optimizer(name: str, lr: float) -> Adam | SGD:
 def header(cfg: dict[str, Any], ds: data.Dataset, model: Any, args: argparse.Namespace, start: int) -> str:
     optim = f"Adam lr {cfg['lr']:g}" if cfg["optimizer"] == "adam" else f"SGD lr {cfg['lr']:g} momentum {SGD_MOMENTUM}"
     augment = f"random shifts up to {data.AUGMENT_MAX_SHIFT} px" if cfg["augment"] else "off"
+    training = (f"epochs {start + 1}..{args.epochs}, batch {cfg['batch_size']}, {optim}, augment {augment}, "
+                f"seed {cfg['seed']}" if args.epochs > start else
+                f"none (--epochs {args.epochs}, {start} done): the {'untrained ' * (start == 0)}network is evaluated")
     lines = [
         f"arraycnn {arraycnn.__version__}: {MODELS[cfg['model']][0]} on {cfg['dataset']}",
         f"  data      {ds.description}",
         f"  backend   {backend_name(model.xp)}, {model.dtype_name}, conv {cfg['conv_method']}",
         f"  model     {MODELS[cfg['model']][1]}, {model.num_parameters():,} parameters",
-        f"  training  epochs {start + 1}..{args.epochs}, batch {cfg['batch_size']}, {optim}, augment {augment}, "
-        f"seed {cfg['seed']}",
+        f"  training  {training}",
     ]
     if args.resume:
         lines.append(f"  resumed   from {args.resume} after epoch {start}")
