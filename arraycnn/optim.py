@@ -8,9 +8,10 @@ their dtype; the list's length and shapes are fixed at the first step.
 **One flat buffer.** The state of all parameters is one flat 1-D array per slot (``m``, ``v``), and a step
 updates them all with ONE set of element-wise ops over the concatenated gradients instead of one set per
 tensor: on a GPU each op is a kernel launch (~10 µs of host time), so Adam on the tutorial's 8 tensors
-issues ~14 ops instead of 96. The parameters are gathered into a flat buffer and scattered back after the
-update, unless they were handed to :meth:`Optimizer.adopt`, which keeps them as views of its own flat
-buffer so that the update writes them directly. A step in which some gradient is ``None`` updates the
+issues 22 ops instead of 96 (``python -m benchmarks.opcount``). The parameters are gathered into a flat
+buffer and scattered back after the update (2 + 8 of those ops), unless they were handed to
+:meth:`Optimizer.adopt`, which keeps them as views of its own flat buffer so that the update writes them
+directly (13 ops). A step in which some gradient is ``None`` updates the
 others one by one, with the same math (:meth:`Optimizer._update` is written once, for arrays of any shape).
 
 Nothing in :meth:`~Optimizer.step` crosses between host and device: hyper-parameters and step sizes are
