@@ -48,7 +48,10 @@ def targets_for(model, images, labels):
 
 def test_vgg_digits_layers_shapes_and_parameters():
     model = vgg_digits()
-    block = lambda c, s: [("Conv2D", (s, s, c)), ("BatchNorm", (s, s, c)), ("ReLU", (s, s, c))]  # noqa: E731
+
+    def block(c: int, s: int) -> list:
+        return [("Conv2D", (s, s, c)), ("BatchNorm", (s, s, c)), ("ReLU", (s, s, c))]
+
     assert layer_shapes(model) == [
         *block(16, 28), *block(16, 28), ("MaxPool2D", (14, 14, 16)),
         *block(32, 14), *block(32, 14), ("MaxPool2D", (7, 7, 32)),
