@@ -74,7 +74,12 @@ fi
 
 echo "== 3/5 the tests parametrised over cupy (no -x: every failure shows)"
 pytest_mode=()
-[ ${#DRY_RUN[@]} -eq 0 ] || pytest_mode=(--collect-only)
+if [ ${#DRY_RUN[@]} -gt 0 ]; then
+    pytest_mode=(--collect-only)
+else  # ~250 tests: 4 workers share the GPU (pytest-xdist), and no single test may eat the stage (pytest-timeout)
+    "$PYTHON" -c "import xdist" 2> /dev/null && pytest_mode+=(-n 4)
+    "$PYTHON" -c "import pytest_timeout" 2> /dev/null && pytest_mode+=(--timeout=90)
+fi
 # shellcheck disable=SC2086  # GPU_TESTS and GPU_PYTEST_ARGS are lists of words on purpose
 timeout 140 "$PYTHON" -m pytest -q -p no:cacheprovider "${pytest_mode[@]}" -k cupy ${GPU_PYTEST_ARGS:-} \
     ${GPU_TESTS:-tests} 2>&1 | tee "$OUT_DIR/pytest-cupy.log"
