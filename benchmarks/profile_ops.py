@@ -17,6 +17,7 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import sys
 import time
@@ -90,8 +91,14 @@ def step_pieces(model, optimizer, x, labels) -> dict[str, float]:
     return times
 
 
-def profile(batch_size: int, args: argparse.Namespace, d: peers.BenchData) -> dict[str, float]:
-    """Median seconds of every piece, their sum, and the whole step timed on its own, at ``batch_size``."""
+def minor_faults() -> int:
+    """This process's minor page faults so far: a freed-and-retouched temporary shows up here."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def profile(batch_size: int, args: argparse.Namespace, d: peers.BenchData) -> tuple[dict[str, float], float]:
+    """Median seconds of every piece, their sum, and the whole step timed on its own, at ``batch_size``; and
+    the minor page faults per timed step of the pieces (allocator churn: memory handed back and taken again)."""
     xp = get_namespace("numpy")
     model = models.tutorial_cnn(backend="numpy", dtype="float32", seed=0, conv_method=args.conv_method)
     opt = optim.Adam(lr=peers.LR, eps=peers.ADAM_EPS)
@@ -99,16 +106,19 @@ def profile(batch_size: int, args: argparse.Namespace, d: peers.BenchData) -> di
     labels = data.to_labels(d.train_labels[:batch_size], xp)
     samples: dict[str, list[float]] = {}
     for run in range(args.warmup + args.runs):
+        if run == args.warmup:
+            faults = minor_faults()
         with threadpool_limits(limits=1, user_api="blas"):  # as each of train_step's batch-split workers
             pieces = step_pieces(model, opt, x, labels)
         if run >= args.warmup:
             for name, seconds in pieces.items():
                 samples.setdefault(name, []).append(seconds)
+    faults_per_step = (minor_faults() - faults) / args.runs
     medians = {name: statistics.median(values) for name, values in samples.items()}
     medians[TOTAL] = sum(medians.values())
     whole = [common.seconds_per_call(lambda: model.train_step(x, labels, opt), 1) for _ in range(args.runs)]
     medians[WHOLE] = statistics.median(whole)
-    return medians
+    return medians, faults_per_step
 
 
 def by_kind(medians: dict[str, float]) -> dict[str, float]:
@@ -140,9 +150,11 @@ def table(results: dict[int, dict[str, float]], first_column: str) -> str:
 
 
 def report(
-    results: dict[int, dict[str, float]], args: argparse.Namespace, data_description: str, contention: str
+    results: dict[int, dict[str, float]], args: argparse.Namespace, data_description: str, contention: str,
+    faults: dict[int, float] | None = None,
 ) -> str:
-    """The profile's Markdown: a header (machine, versions, threads, data, contention) and the two tables."""
+    """The profile's Markdown: a header (machine, versions, threads, data, contention, page faults per step)
+    and the two tables."""
     kinds = {bs: {**by_kind(m), TOTAL: m[TOTAL]} for bs, m in results.items()}
     return "\n".join([
         f"Measured {common.today()} on {common.machine_line()}; load average {common.load_average()}.",
@@ -151,6 +163,10 @@ def report(
         f"conv_method={args.conv_method!r}, float32. Data: {data_description}.",
         f"Median of {args.runs} steps after {args.warmup} warm-up steps; share = of the sum of the pieces.",
         f"Contention: {contention}",
+        *([f"Minor page faults per step of the pieces: "
+           f"{', '.join(f'{f:.0f} at batch {bs}' for bs, f in faults.items())} "
+           f"(a few: the allocator keeps freed temporaries; thousands: it hands them back every pass)."]
+          if faults else []),
         "",
         table(results, "piece of one training step"),
         "",
@@ -165,11 +181,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     common.pin_threads(args.threads)
     d = peers.load_data(args.data_dir, args.synthetic)
     others = common.OtherWork()
-    results = {}
+    results, faults = {}, {}
     for bs in args.batch_sizes:
         print(f"profiling batch {bs} ...", flush=True)
-        results[bs] = profile(bs, args, d)
-    text = report(results, args, d.description, others.describe())
+        results[bs], faults[bs] = profile(bs, args, d)
+    text = report(results, args, d.description, others.describe(), faults)
     common.publish(text, args.docs, "profile-table", args.no_write)
     return 0
 
