@@ -20,12 +20,13 @@ Categories (what a GPU pays):
   ``broadcast_to``: no launch where the result is a view (on CuPy a ``reshape`` of a non-contiguous array
   copies, which this count cannot see);
 * ``host read``: the device waits and a value comes back (``float(x)``, ``int(x)``, ``bool(x)``, DLPack
-  export, as :func:`arraycnn.backend.to_numpy` does);
+  export or ``__array__``, as :func:`arraycnn.backend.to_numpy` does);
 * ``transfer in``: ``asarray`` of host data.
 
 Each op is attributed to a *piece* -- ``"<i> <Layer> forward|backward"`` inside a layer of the recorded
 model, ``"loss forward|backward"``, ``"optimizer"``, else the innermost arraycnn function -- and to the
-innermost arraycnn function that issued it (``"windows.scatter_windows"``), found on the call stack.
+innermost arraycnn function that issued it (``"windows.scatter_windows"``), found on the call stack; the
+backend seam's functions (``to_numpy``, ``to_device``) count for their caller.
 
 The model runs on the wrapped namespace's own name, which no backend-specific path recognises: the count is
 that of the portable path, the one a GPU runs (one piece, no threads, no chunks).
@@ -123,7 +124,7 @@ class OpRecorder:
         function = piece = None
         while frame is not None:
             path = frame.f_code.co_filename
-            if path.startswith(PACKAGE):
+            if path.startswith(PACKAGE) and Path(path).stem != "backend":  # the seam issues for its caller
                 module = Path(path).stem
                 name = f"{module}.{frame.f_code.co_qualname.split('.<locals>')[0]}"
                 function = function or name
@@ -202,8 +203,9 @@ class Counted:
 
     # host reads
     def _read(self, convert: Callable[[Any], Any], name: str) -> Any:
+        value = convert(self._a)  # a conversion the inner array refuses is no read
         self._ns.counter.record(HOST_READ, name)
-        return convert(self._a)
+        return value
 
     def __float__(self) -> float:
         return self._read(float, "float()")
@@ -216,6 +218,11 @@ class Counted:
 
     def __bool__(self) -> bool:
         return self._read(bool, "bool()")
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> Any:
+        import numpy as np
+
+        return self._read(lambda a: np.asarray(a, dtype=dtype), "__array__")
 
     def __dlpack__(self, *args: Any, **kwargs: Any) -> Any:
         return self._read(lambda a: a.__dlpack__(*args, **kwargs), "__dlpack__")
@@ -364,6 +371,24 @@ def count_evaluate(backend: str = "numpy", images: int = 64, batch_size: int = 3
     return ops
 
 
+def count_fit(backend: str = "numpy", batches: int = 10, batch_size: int = 32, seed: int = 0) -> OpCounts:
+    """The ops of ``fit`` for one epoch of ``batches`` batches with plain progress lines (a progress point
+    every ``ceil(batches / 5)`` batches) and a test set of one batch."""
+    from arraycnn import data
+    from arraycnn.models import tutorial_cnn
+    from arraycnn.optim import Adam
+    from arraycnn.train import fit
+    from benchmarks.peers import synthetic_data
+
+    ns = counting_namespace(backend)
+    model = tutorial_cnn(backend=ns, seed=seed)
+    train, test = synthetic_data(batches * batch_size, seed=seed), synthetic_data(batch_size, seed=seed + 1)
+    dataset = data.Dataset("fashion_mnist", "synthetic", *train, *test, "noise images")
+    with ns.counter.recording(model) as ops:
+        fit(model, dataset, Adam(), epochs=1, batch_size=batch_size, seed=seed, progress=True, log=lambda _: None)
+    return ops
+
+
 # -- the report -----------------------------------------------------------------------------------------
 LAUNCH_US = (5, 15)  # host time per kernel launch on a GPU, µs (the issue's range)
 
@@ -377,8 +402,8 @@ def summary_line(ops: OpCounts, batch_size: int) -> str:
             f"{t[HOST_READ]} host reads: {low:.1f}-{high:.1f} ms of launches at {LAUNCH_US[0]}-{LAUNCH_US[1]} µs each")
 
 
-def report(step: OpCounts, adopted: OpCounts, evaluate: OpCounts, backend: str, batch_size: int,
-           eval_batches: int) -> str:
+def report(step: OpCounts, adopted: OpCounts, evaluate: OpCounts, fitted: OpCounts, backend: str,
+           batch_size: int, eval_batches: int) -> str:
     """Markdown: totals, ops per piece of the step, kernels per function, host reads of ``evaluate``."""
     from benchmarks import common
 
@@ -396,6 +421,9 @@ def report(step: OpCounts, adopted: OpCounts, evaluate: OpCounts, backend: str, 
         f"- With the parameters adopted by the optimiser (views of its flat buffer): "
         f"{summary_line(adopted, batch_size)}.",
         f"- `evaluate`: {reads} host reads for {eval_batches} batches ({reads / eval_batches:g} per batch).",
+        "- `fit`, one epoch of 10 batches with plain progress lines and a one-batch test set, host reads per "
+        "function: " + ", ".join(f"`{f}` {n}" for f, n in fitted.by("function", HOST_READ).items())
+        + ".",
         "",
         common.markdown_table(["piece of one training step", "kernel ops", "views", "host reads"], rows),
         "",
@@ -418,7 +446,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     step = count_train_step(args.backend, args.batch_size)
     adopted = count_train_step(args.backend, args.batch_size, adopt=True)
     evaluate = count_evaluate(args.backend, images=2 * args.batch_size, batch_size=args.batch_size)
-    text = report(step, adopted, evaluate, args.backend, args.batch_size, eval_batches=2)
+    fitted = count_fit(args.backend, batch_size=args.batch_size)
+    text = report(step, adopted, evaluate, fitted, args.backend, args.batch_size, eval_batches=2)
     common.publish(text, args.docs, "opcount-table", args.no_write)
     return 0
 

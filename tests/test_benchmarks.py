@@ -233,13 +233,20 @@ def test_evaluate_reads_back_one_array_per_batch():
     assert ops.totals()["host read"] == 3
 
 
+def test_fit_reads_back_only_at_progress_points_and_in_evaluate():
+    ops = opcount.count_fit("numpy", batches=10, batch_size=4)
+    reads = ops.by("function", "host read")
+    assert set(reads) == {"train._run_epoch", "model.Sequential.evaluate"} and reads["model.Sequential.evaluate"] == 1
+    assert 0 < reads["train._run_epoch"] <= 2 * 5  # at most two arrays at each of 4 progress points and the end
+
+
 def test_opcount_report(tmp_path):
     doc = tmp_path / "bench.md"
     assert opcount.main(["--batch-size", "4", "--docs", str(doc)]) == 0
     text = doc.read_text()
     assert "| piece of one training step | kernel ops | views | host reads |" in text
     assert "| optimizer | 22 |" in text and "train_step at batch 4: " in text and "(optimizer 13)" in text
-    assert "`evaluate`: 2 host reads for 2 batches (1 per batch)." in text
+    assert "`evaluate`: 2 host reads for 2 batches (1 per batch)." in text and "`train._run_epoch` " in text
 
 
 # -- profile_ops.py and accuracy.py -----------------------------------------------------------------------
