@@ -161,6 +161,7 @@ class Counted:
     """An array of the wrapped namespace; every operation on it is recorded, its results are Counted too."""
 
     __slots__ = ("_a", "_ns")
+    __array_ufunc__ = None  # `numpy_scalar * counted` defers to Counted.__rmul__ instead of reading it back
 
     def __init__(self, a: Any, ns: CountingNamespace) -> None:
         self._a, self._ns = a, ns
