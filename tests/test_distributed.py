@@ -274,17 +274,18 @@ def test_scaling_projection_and_report():
     assert scaling.allreduce_model(2, 0) == pytest.approx(2 * scaling.NET_LATENCY_S)
     expected = 2 * 6 * scaling.NET_LATENCY_S + 2 * 63 / 64 * 1e9 / scaling.NET_BYTES_PER_S
     assert scaling.allreduce_model(64, 10**9) == pytest.approx(expected)
-    compute = {"64": 0.016, "8": 0.003, "1": 0.001}
+    compute = {"64": 0.016, "8": 0.003, "1": 0.001, "optimizer": 0.001}
 
     def run(ranks, threads, seconds):
         return {"ranks": ranks, "threads": threads, "dataset": "fashion_mnist (test)", "train_size": 6400,
                 "epoch_seconds": seconds, "steps": 100, "allreduce_in_epoch_s": 0.1 * (ranks > 1),
                 "stop_votes_in_epoch_s": 0.001, "allreduce_alone_s": 5e-4, "pack_unpack_s": 1e-4,
-                "gradient_bytes": 806_280, "compute_s_at_rows": compute, "calls": 200, "others_share": 0.02}
+                "gradient_bytes": 806_280, "compute_s_at_rows": compute, "calls": 200, "others_share": 0.02,
+                "compute_rounds": 100}
 
     text = scaling.report([run(1, 1, 2.0), run(1, 2, 1.2), run(2, 1, 1.0)])
     assert "| 2 x 1 | 1.0 s | 6,400 | 2.00x | 10.0 ms | 1.00 ms (10 %) | 0.500 ms (5.0 %) |" in text
-    assert "| 64 | 4096 | 64 | 16.00 ms |" in text and "0.81 MB" in text
+    assert "| 64 | 4096 | 64 | 17.00 ms |" in text and "0.81 MB" in text
 
 
 @needs_mpi
