@@ -15,8 +15,10 @@ In one process, in this order (run by ``benchmarks/gpu.sh``, which gives it an e
    device synchronisation; engines alternate; medians, min–max, ratio arraycnn / peer.
 
 **Precision.** Both engines run in the same mode, stated in the report: ``--precision fp32`` (the default:
-``CUPY_TF32=0``, and PyTorch's ``torch.backends.cuda.matmul.allow_tf32`` and ``torch.backends.cudnn.allow_tf32``
-off, where PyTorch's own default runs cuDNN convolutions in TF32) or ``tf32`` (all three on).
+``CUPY_TF32=0``, and PyTorch's matmul and cuDNN convolutions in IEEE FP32, where PyTorch's own default runs
+cuDNN convolutions in TF32) or ``tf32`` (TF32 in all three). PyTorch >= 2.9 is set through
+``torch.backends.cuda.matmul.fp32_precision`` and ``torch.backends.cudnn.conv.fp32_precision``, older ones
+through ``allow_tf32``.
 
 ``--dry-run`` runs the same code on the CPU with array-api-strict as the GPU stand-in (device ``device1``
 for the parity check) and PyTorch CPU, tiny sizes, to check the script where no GPU is available.
@@ -87,12 +89,22 @@ def set_precision(precision: str, dry_run: bool) -> str:
     if peers.ENGINES["torch-nchw"].available():
         import torch
 
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        torch.backends.cudnn.allow_tf32 = tf32
-        torch_part = (f"; PyTorch torch.backends.cuda.matmul.allow_tf32={torch.backends.cuda.matmul.allow_tf32}, "
-                      f"torch.backends.cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}")
+        torch_part = "; PyTorch " + _set_torch_precision(torch, tf32)
     where = " (dry run on the CPU: the flags are set, nothing uses them)" if dry_run else ""
     return f"{words} matrix products and convolutions in both engines: CUPY_TF32={int(tf32)}{torch_part}{where}"
+
+
+def _set_torch_precision(torch: Any, tf32: bool) -> str:
+    """PyTorch's matmul and cuDNN convolution precision, through the API this PyTorch has (>= 2.9:
+    ``fp32_precision``, whose cuDNN default is TF32; before: ``allow_tf32``; mixing the two is an error)."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    if hasattr(matmul, "fp32_precision") and hasattr(cudnn, "conv"):
+        matmul.fp32_precision = cudnn.conv.fp32_precision = "tf32" if tf32 else "ieee"
+        return (f"torch.backends.cuda.matmul.fp32_precision={matmul.fp32_precision!r}, "
+                f"torch.backends.cudnn.conv.fp32_precision={cudnn.conv.fp32_precision!r}")
+    matmul.allow_tf32 = cudnn.allow_tf32 = tf32
+    return (f"torch.backends.cuda.matmul.allow_tf32={matmul.allow_tf32}, "
+            f"torch.backends.cudnn.allow_tf32={cudnn.allow_tf32}")
 
 
 # -- the device ----------------------------------------------------------------------------------------------
