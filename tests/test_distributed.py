@@ -84,6 +84,18 @@ def test_single_process_collectives_leave_everything_as_it_is():
     assert exc.value.code == 3
 
 
+@pytest.mark.parametrize("n", [0, 1, 3, 64, 65])
+@pytest.mark.parametrize("size", [1, 2, 3, 4])
+def test_the_ranks_rows_cover_a_batch_once_in_order(n, size):
+    parts = []
+    for rank in range(size):
+        comm = Communicator()
+        comm.rank, comm.size = rank, size
+        parts.append(comm.rows(n))
+    assert [p.start for p in parts] == [0, *(p.stop for p in parts[:-1])] and parts[-1].stop == n
+    assert max(p.stop - p.start for p in parts) - min(p.stop - p.start for p in parts) <= 1
+
+
 @pytest.mark.parametrize(("arrays", "message"), [
     ([], "non-empty list"),
     ("ab", "non-empty list"),
