@@ -124,7 +124,11 @@ class Execution:
         self.close()
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+        return f"{type(self).__name__}({self._ranks()})"
+
+    def _ranks(self) -> str:
+        """``communicator=...`` for the repr of a distributed execution, else nothing."""
+        return f"communicator={self.communicator!r}" if self.communicator.size > 1 else ""
 
 
 def chunks(n: int, rows: int) -> list[slice]:
@@ -159,7 +163,8 @@ class ChunkedExecution(Execution):
         self._replicas: dict[int, list[Any]] = {}
 
     def __repr__(self) -> str:
-        return f"ChunkedExecution(threads={self.threads}, chunk_rows={self.chunk_rows})"
+        ranks = self._ranks()
+        return f"ChunkedExecution(threads={self.threads}, chunk_rows={self.chunk_rows}{', ' + ranks if ranks else ''})"
 
     def loss_and_gradients(self, model: Any, x: Array, targets: Array,
                            total: int | None = None) -> tuple[Array, Array]:
