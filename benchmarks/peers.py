@@ -58,31 +58,33 @@ class Engine:
 def arraycnn_engine(
     seed: int = 0, threads: int | None = None, backend: str = "numpy", dtype: str = "float32"
 ) -> Engine:
-    """arraycnn's ``tutorial_cnn`` on ``backend`` with its own Adam (lr 1e-3, eps 1e-7).
+    """arraycnn's ``tutorial_cnn`` on ``backend`` with its own Adam (lr 1e-3, eps 1e-7), stepped as ``fit``
+    steps it: through the model's execution (on NumPy, 32-row chunks over a few threads), not the plain
+    ``Sequential.train_step`` of the lesson.
 
     ``threads`` is accepted for the common signature: arraycnn's batch-split workers (``ARRAYCNN_THREADS``)
     and NumPy's BLAS are pinned by :func:`benchmarks.common.pin_threads`.
     """
     import arraycnn
-    from arraycnn import data, models, optim
-    from arraycnn.backend import get_namespace, to_numpy
+    from arraycnn import models, optim
+    from arraycnn.backend import to_numpy
 
-    xp = get_namespace(backend)
     model = models.tutorial_cnn(backend=backend, dtype=dtype, seed=seed)
     opt = optim.Adam(lr=LR, eps=ADAM_EPS)
 
     def batch(images: np.ndarray, labels: np.ndarray) -> tuple[Any, Any]:
-        return data.to_float_images(images, xp, dtype), data.to_labels(labels, xp)
+        return model.to_device_inputs(images), model.to_device_targets(labels)
 
     def train_step(b: tuple[Any, Any]) -> Any:
-        return model.train_step(b[0], b[1], opt)
+        return model.execution.train_step(model, b[0], b[1], opt)[0]
 
     def predict(b: tuple[Any, Any]) -> np.ndarray:
         return to_numpy(model.predict(b[0]))
 
     workers = os.environ.get("ARRAYCNN_THREADS", "unset")
     return Engine(f"arraycnn ({backend})", arraycnn.__version__, batch, train_step, predict,
-                  sync=_device_sync(backend), threads=f"ARRAYCNN_THREADS={workers}, NumPy BLAS: {blas_threads()}")
+                  sync=_device_sync(backend),
+                  threads=f"ARRAYCNN_THREADS={workers}, {model.execution!r}, NumPy BLAS: {blas_threads()}")
 
 
 def _device_sync(backend: str) -> Callable[[], None]:
