@@ -178,7 +178,7 @@ def resolve_device(xp: ModuleType, device: Any = None) -> Any:
 
 def to_device(host: np.ndarray, xp: ModuleType, dtype: Any = None, device: Any = None) -> Array:
     """Move a host NumPy array to ``device`` of ``xp`` (its default when None): one transfer, optionally casting."""
-    host = np.ascontiguousarray(host)
+    host = np.asarray(host, order="C")  # (ascontiguousarray would turn a 0-d array into shape (1,))
     out = xp.asarray(host) if device is None else xp.asarray(host, device=device)
     if dtype is not None:
         out = xp.astype(out, resolve_dtype(xp, dtype))

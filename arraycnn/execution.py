@@ -54,10 +54,12 @@ def part_loss_and_gradients(model: Any, x: Array, targets: Array, share: float) 
     Returns ``(share * mean loss, number correct, gradients)`` (gradients aligned with
     ``model.parameters()``; the count is 0 for a loss that does not classify), all on the device.
     """
+    # --8<-- [start:part]
     out = model.forward(x, train=True)
     loss, cache = model.loss.forward(out, targets)
-    model.backward(model.loss.backward(share, cache), input_grad=False)
+    model.backward(model.loss.backward(share, cache), input_grad=False)  # dL/dout scaled by the part's share
     return loss * share, model.loss.correct(out, targets), model.gradients()
+    # --8<-- [end:part]
 
 
 class Execution:
@@ -168,8 +170,8 @@ class ChunkedExecution(Execution):
 
     def loss_and_gradients(self, model: Any, x: Array, targets: Array,
                            total: int | None = None) -> tuple[Array, Array]:
-        if any(layer.mixes_rows for layer in model.layers):
-            with blas_threads(1):
+        if any(layer.mixes_rows for layer in model.layers):  # in one piece: the threads go to BLAS instead
+            with blas_threads(self.threads):
                 return super().loss_and_gradients(model, x, targets, total)
         n = x.shape[0]
         total = n if total is None else total
