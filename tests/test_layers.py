@@ -55,6 +55,17 @@ def test_layers_equal_their_functional_pairs(xp):
             assert tuple(layer.grads[name].shape) == tuple(layer.params[name].shape)
 
 
+def test_evaluation_forward_is_the_training_forward_bit_for_bit(xp):
+    """``train=False`` skips the backward bookkeeping (patches, first-max offsets, masks), never the math."""
+    from arraycnn.models import tutorial_cnn
+
+    for layer, x, _, _ in _layer_cases(xp):
+        _assert_same(layer.forward(x, train=False), layer.forward(x, train=True), f"{layer} evaluation forward")
+    model = tutorial_cnn(backend=xp, seed=0)
+    images = backend.to_device(np.abs(_host(6, (5, 28, 28, 1))), xp, "float32")
+    _assert_same(model.forward(images, train=False), model.forward(images, train=True), "tutorial_cnn forward")
+
+
 def test_input_grad_false_skips_dx_with_the_same_parameter_gradients(xp):
     x = backend.to_device(_host(0, (2, 6, 6, 3)), xp, "float64")
     for layer in (Conv2D(3, 4, 3, rng=1, backend=xp, dtype="float64"), Dense(108, 5, rng=2, backend=xp,
