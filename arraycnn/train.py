@@ -280,10 +280,12 @@ def _run_epoch(model: Sequential, dataset: data.Dataset, optimizer: Any, epoch: 
                 raise StopRequested(f"Ctrl-C on a rank: every rank stops after batch {i}/{total}")
             progress.advance()
             if progress.due(i):
-                running = float(to_numpy(loss_sum)) / seen
+                loss_total, right_total = _read_sums(xp, loss_sum, correct)
+                running = loss_total / seen
                 _check_loss(running, limit, epoch + 1, plan, f"by batch {i}/{total}")
-                progress.show(i, running, int(to_numpy(correct)) / seen)
-        train_loss, train_acc = float(to_numpy(loss_sum)) / n, int(to_numpy(correct)) / n
+                progress.show(i, running, right_total / seen)
+        loss_total, right_total = _read_sums(xp, loss_sum, correct)
+        train_loss, train_acc = loss_total / n, right_total / n
     finally:
         progress.close()
     seconds = time.perf_counter() - start
@@ -295,6 +297,13 @@ def _run_epoch(model: Sequential, dataset: data.Dataset, optimizer: Any, epoch: 
         _check_loss(test_loss, math.inf, epoch + 1, plan, "on the test set after the epoch", "test")
     return {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
             "test_acc": test_acc, "seconds": seconds, "images_per_second": n / seconds}
+
+
+def _read_sums(xp: Any, loss_sum: Any, correct: Any) -> tuple[float, int]:
+    """The running loss sum and correct count in ONE host read (the count travels in the loss's dtype,
+    exact below 2**24 images in float32)."""
+    both = to_numpy(xp.stack([loss_sum, xp.astype(correct, loss_sum.dtype)]))
+    return float(both[0]), round(float(both[1]))
 
 
 def _evaluate(model: Sequential, images: np.ndarray, targets: np.ndarray,
