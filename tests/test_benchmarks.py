@@ -246,7 +246,7 @@ def test_opcount_report(tmp_path):
     text = doc.read_text()
     assert "| piece of one training step | kernel ops | views | host reads |" in text
     assert "| optimizer | 22 |" in text and "train_step at batch 4: " in text and "(optimizer 13)" in text
-    assert "`evaluate`: 2 host reads for 2 batches (1 per batch)." in text and "`train._run_epoch` " in text
+    assert "`evaluate`: 2 host reads for 2 batches (1 per batch)." in text and "`train._read_sums` 5" in text
 
 
 # -- profile_ops.py and accuracy.py -----------------------------------------------------------------------
