@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Callable
 
 from arraycnn.backend import KNOWN_BACKENDS
 
@@ -19,3 +21,29 @@ def add_placement_arguments(p: argparse.ArgumentParser) -> None:
                    help="where the model lives, as its library names devices: a CUDA device id for cupy (0, 1), "
                         "a device string for torch (cpu, cuda:1), a device name for array_api_strict (device1); "
                         "default: the library's default device")
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum``; anything else exits 2 naming the option, before any work."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def learning_rate(text: str) -> float:
+    """An argparse type: a finite number > 0 (``nan``, ``inf``, 0 and negatives exit 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import math
 import sys
 import time
 import traceback
@@ -40,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _cli import SOURCE_HELP, add_placement_arguments
+from _cli import SOURCE_HELP, add_placement_arguments, int_at_least, learning_rate
 
 import arraycnn
 from arraycnn import data
@@ -74,32 +73,6 @@ SHOW_PREDICTIONS = 10
 EXIT_DIVERGED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
-def _int_from(minimum: int) -> Any:
-    """An argparse type: an integer >= ``minimum`` (else exit 2 naming the option)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-def _learning_rate(text: str) -> float:
-    """An argparse type: a finite float > 0 (``nan``, ``inf``, 0 and negatives exit 2)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line; settings a checkpoint can supply default to None (resolved in :func:`settings`)."""
     p = argparse.ArgumentParser(
@@ -110,21 +83,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dataset", choices=data.NAMES, help="* default mnist")
     p.add_argument("--source", choices=data.SOURCES, help=f"* default {SOURCE_HELP}")
     p.add_argument("--data-dir", help="* an IDX directory or the tensorflow-datasets data dir")
-    p.add_argument("--epochs", type=_int_from(0), default=DEFAULT_EPOCHS,
+    p.add_argument("--epochs", type=int_at_least(0), default=DEFAULT_EPOCHS,
                    help=f"the TOTAL number of epochs, also on --resume (0: evaluate the untrained network); "
                         f"default {DEFAULT_EPOCHS}")
-    p.add_argument("--batch-size", type=_int_from(1), help=f"* default {DEFAULTS['batch_size']}")
-    p.add_argument("--lr", type=_learning_rate,
+    p.add_argument("--batch-size", type=int_at_least(1), help=f"* default {DEFAULTS['batch_size']}")
+    p.add_argument("--lr", type=learning_rate,
                    help=f"* default {DEFAULT_LR['adam']} (adam), {DEFAULT_LR['sgd']} (sgd)")
     p.add_argument("--optimizer", choices=("adam", "sgd"),
                    help=f"* adam (Keras's form, eps 1e-7) or sgd with momentum {SGD_MOMENTUM}; default adam")
     p.add_argument("--dtype", choices=arraycnn.backend.DTYPES, help="* default float32")
-    p.add_argument("--seed", type=_int_from(0),
+    p.add_argument("--seed", type=int_at_least(0),
                    help="* seeds the weights, the data split and every epoch's order; default 0")
     p.add_argument("--model", choices=tuple(MODELS), help="* the tutorial's network or vgg_digits; default tutorial")
     p.add_argument("--conv-method", choices=("im2col", "toeplitz"), help="* default im2col (toeplitz: tutorial only)")
-    p.add_argument("--train-size", type=_int_from(1), help="* a stratified subset of the training set; default all")
-    p.add_argument("--test-size", type=_int_from(1), help="* a stratified subset of the test set; default all")
+    p.add_argument("--train-size", type=int_at_least(1), help="* a stratified subset of the training set; default all")
+    p.add_argument("--test-size", type=int_at_least(1), help="* a stratified subset of the test set; default all")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction,
                    help=f"* random shifts of up to {data.AUGMENT_MAX_SHIFT} pixels; default on")
     p.add_argument("--plot", type=Path, metavar="PATH", help="write loss and accuracy curves to this PNG")
