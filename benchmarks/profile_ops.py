@@ -1,12 +1,12 @@
 """Where arraycnn's training step spends its time: each layer's forward and backward, the loss, Adam's step.
 
-The step is taken apart as ``Sequential.train_step`` runs it on one shard (``layer.forward(x, train=True)`` in
-order, ``softmax_cross_entropy_forward``/``_backward``, ``layer.backward`` in reverse with the first layer
-skipping ``dx``, ``optimizer.step``), on the whole batch, on one thread with BLAS limited to one thread as each
-of ``train_step``'s batch-split workers is: the table is the work, not the parallelism. Every piece is timed
-with ``perf_counter``; after warm-up, each piece's median over the runs is reported with its share of the sum
-of medians. The whole ``model.train_step``, timed separately with its ``--threads`` workers, shows what the
-split gains and what the pieces leave out.
+The step is taken apart as ``Sequential.train_step`` runs it (``layer.forward(x, train=True)`` in order,
+``softmax_cross_entropy_forward``/``_backward``, ``layer.backward`` in reverse with the first layer skipping
+``dx``, ``optimizer.step``), on the whole batch, on one thread with BLAS limited to one thread as each of the
+execution's chunk workers is: the table is the work, not the parallelism. Every piece is timed with
+``perf_counter``; after warm-up, each piece's median over the runs is reported with its share of the sum of
+medians. The whole step, timed separately as ``fit`` runs it (``model.execution``: 32-row chunks over
+``--threads`` threads), shows what chunks and threads gain and what the pieces leave out.
 
 Run from the repository root::
 
@@ -34,7 +34,7 @@ from arraycnn.functional import softmax_cross_entropy_backward, softmax_cross_en
 from benchmarks import common, peers
 
 TOTAL = "sum of the pieces"
-WHOLE = "model.train_step, timed whole"
+WHOLE = "model.execution.train_step, timed whole"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -116,7 +116,8 @@ def profile(batch_size: int, args: argparse.Namespace, d: peers.BenchData) -> tu
     faults_per_step = (minor_faults() - faults) / args.runs
     medians = {name: statistics.median(values) for name, values in samples.items()}
     medians[TOTAL] = sum(medians.values())
-    whole = [common.seconds_per_call(lambda: model.train_step(x, labels, opt), 1) for _ in range(args.runs)]
+    whole = [common.seconds_per_call(lambda: model.execution.train_step(model, x, labels, opt), 1)
+             for _ in range(args.runs)]
     medians[WHOLE] = statistics.median(whole)
     return medians, faults_per_step
 
@@ -159,7 +160,8 @@ def report(
     return "\n".join([
         f"Measured {common.today()} on {common.machine_line()}; load average {common.load_average()}.",
         f"Versions: {common.versions({'numpy': numpy, 'arraycnn': arraycnn})}. The pieces run on one thread "
-        f"(BLAS limited to 1); the whole train_step with ARRAYCNN_THREADS={args.threads}. "
+        f"(BLAS limited to 1); the whole step as fit runs it, through model.execution with "
+        f"ARRAYCNN_THREADS={args.threads}. "
         f"conv_method={args.conv_method!r}, float32. Data: {data_description}.",
         f"Median of {args.runs} steps after {args.warmup} warm-up steps; share = of the sum of the pieces.",
         f"Contention: {contention}",
