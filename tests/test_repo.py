@@ -177,7 +177,7 @@ def test_a_real_browser_draws_the_formulas_offline(site):
     page = site / "backprop" / "index.html"
     probe = page.with_name("probe.html")
     probe.write_text(page.read_text().replace("</body>", BROWSER_PROBE + "</body>"))
-    result = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+    result = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                              "--proxy-server=127.0.0.1:9", "--host-resolver-rules=MAP * ~NOTFOUND",
                              "--user-data-dir=" + str(site.parent / "chromium-profile"), "--virtual-time-budget=5000",
                              "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
