@@ -277,8 +277,15 @@ def train(args: argparse.Namespace, log: Any) -> int:
     except TrainingDivergedError:
         status, code = "diverged", EXIT_DIVERGED
     seconds = time.perf_counter() - started
-    if not comm.is_root:
-        return code
+    if comm.is_root:
+        report(args, cfg, ds, model, history, status, code, seconds, log)
+    comm.barrier()  # leave together: under mpiexec a rank that exits non-zero first would end rank 0's report
+    return code
+
+
+def report(args: argparse.Namespace, cfg: dict[str, Any], ds: data.Dataset, model: Any,
+           history: list[dict[str, Any]], status: str, code: int, seconds: float, log: Any) -> None:
+    """Rank 0's end of a run: predictions, final accuracy, metrics JSON and pictures."""
     final = final_scores(model, ds, history) if code == 0 else (None, None)
     if code == 0:
         log(show_predictions(model, ds))
@@ -299,7 +306,6 @@ def train(args: argparse.Namespace, log: Any) -> int:
         paths = save_training_plots(model, history, ds.test_images, ds.test_labels, args.plot_dir,
                                     class_names=data.class_names(ds), augment=cfg["augment"])
         log(f"pictures: {', '.join(str(p) for p in paths.values())}")
-    return code
 
 
 def _silent(message: str) -> None:

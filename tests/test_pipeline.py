@@ -8,7 +8,9 @@ device is usable.
 
 from __future__ import annotations
 
+import importlib
 import json
+from pathlib import Path
 
 import array_api_compat
 import numpy as np
@@ -85,10 +87,11 @@ def test_training_stays_on_the_device_and_matches_numpy(place, tiny, numpy_run, 
     assert all(array_api_compat.device(p) == fresh.device for p in fresh.parameters())
 
 
-def test_the_main_command_runs_on_the_device(place, tmp_path, capsys):
+def test_the_main_command_runs_on_the_device(place, tmp_path, capsys, monkeypatch):
     """examples/mnist.py with --backend/--device: --save, --resume, --plot-dir, --metrics-json."""
     pytest.importorskip("matplotlib")
-    from examples import mnist
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "examples"))  # as a script sees it
+    mnist = importlib.import_module("mnist")
 
     _, _, name, device = place
     common = ["--backend", name, "--source", "bundled", "--train-size", "48", "--test-size", "24",
