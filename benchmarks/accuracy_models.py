@@ -290,24 +290,28 @@ def summary(study: Study, saved: dict) -> list[str] | None:
     final = {e: common.Stats.of([runs[s]["metric"][-1] for s in seeds]) for e, runs in by_engine.items()}
     epoch = {e: statistics.median(t for s in seeds for t in runs[s]["seconds"]) for e, runs in by_engine.items()}
     ours, theirs = final["arraycnn"].median, final["torch"].median
+    pairs = [(by_engine["arraycnn"][s]["metric"][-1], by_engine["torch"][s]["metric"][-1]) for s in seeds]
     if study.metric == "accuracy":
         fmt, gap, met = "{:.2f} %", f"{ours - theirs:+.2f} points", abs(ours - theirs) <= MAX_POINTS
+        paired = [f"{a - b:+.2f}" for a, b in pairs]
     else:
         fmt, gap = "{:.5f}", f"{100 * (ours - theirs) / theirs:+.1f} %"
         met = abs(ours - theirs) <= MAX_MSE_RATIO * theirs
+        paired = [f"{100 * (a - b) / b:+.1f} %" for a, b in pairs]
 
     def cell(st: common.Stats) -> str:
         return f"{fmt.format(st.median)} ({fmt.format(st.low)}–{fmt.format(st.high)})"
 
     return [f"{study.model} on {saved['config']['data']}, {study.epochs} epochs",
             "accuracy" if study.metric == "accuracy" else "MSE", ", ".join(map(str, seeds)), cell(final["arraycnn"]),
-            cell(final["torch"]), gap, f"{study.target}: {'yes' if met else 'NO'}",
+            cell(final["torch"]), gap, ", ".join(paired), f"{study.target}: {'yes' if met else 'NO'}",
             common.fmt_seconds(epoch["arraycnn"]), common.fmt_seconds(epoch["torch"])]
 
 
 def report(saved_by_study: dict[str, dict]) -> str:
     header = ["study", "metric", "seeds", "arraycnn median (min–max)", "PyTorch median (min–max)",
-              "arraycnn − PyTorch", "issue 12 asks: met?", "arraycnn s/epoch", "PyTorch s/epoch"]
+              "arraycnn − PyTorch (medians)", "seed by seed", "issue 12 asks: met?", "arraycnn s/epoch",
+              "PyTorch s/epoch"]
     rows = [row for name, saved in saved_by_study.items() if (row := summary(STUDIES[name], saved))]
     threads = sorted({str(saved["config"]["threads"]) for saved in saved_by_study.values()})
     table = common.markdown_table(header, rows) if rows else "No study has runs of both engines saved yet."
