@@ -308,6 +308,18 @@ def summary(study: Study, saved: dict) -> list[str] | None:
             common.fmt_seconds(epoch["arraycnn"]), common.fmt_seconds(epoch["torch"])]
 
 
+MIN_PLATEAU_EPOCHS = 4  # below this the second half of training is still learning, not a plateau
+
+
+def epoch_swings(saved: dict) -> common.Stats | None:
+    """How much the test metric of one run moves from an epoch to the next over the second half of training
+    (``|m[e] - m[e-1]|`` for every run and ``e >= epochs // 2``): the noise floor of a final-epoch figure.
+    None for runs shorter than :data:`MIN_PLATEAU_EPOCHS`."""
+    swings = [abs(r["metric"][e] - r["metric"][e - 1]) for r in saved["runs"].values()
+              if len(r["metric"]) >= MIN_PLATEAU_EPOCHS for e in range(len(r["metric"]) // 2, len(r["metric"]))]
+    return common.Stats.of(swings) if swings else None
+
+
 def report(saved_by_study: dict[str, dict]) -> str:
     header = ["study", "metric", "seeds", "arraycnn median (min–max)", "PyTorch median (min–max)",
               "arraycnn − PyTorch (medians)", "seed by seed", "issue 12 asks: met?", "arraycnn s/epoch",
@@ -315,6 +327,12 @@ def report(saved_by_study: dict[str, dict]) -> str:
     rows = [row for name, saved in saved_by_study.items() if (row := summary(STUDIES[name], saved))]
     threads = sorted({str(saved["config"]["threads"]) for saved in saved_by_study.values()})
     table = common.markdown_table(header, rows) if rows else "No study has runs of both engines saved yet."
+    notes = []
+    for name, saved in saved_by_study.items():
+        swing = epoch_swings(saved)
+        if STUDIES[name].metric == "accuracy" and swing is not None:
+            notes.append(f"- {name}: within one run the test accuracy moves by {swing.median:.2f} points (median; "
+                         f"up to {swing.high:.2f}) from one epoch to the next over the second half of training.")
     return "\n".join([
         f"Updated {common.today()} on {common.machine_line()}; threads per engine {', '.join(threads) or 'n/a'}.",
         "The same network in each engine, starting from the SAME He-normal weights (arraycnn's, copied into "
@@ -324,6 +342,7 @@ def report(saved_by_study: dict[str, dict]) -> str:
         "indicative only; `benchmarks/cpu.py` times steps properly.",
         "",
         table,
+        *(["", "The noise under a final-epoch accuracy:", *notes] if notes else []),
     ])
 
 

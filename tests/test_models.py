@@ -267,7 +267,7 @@ def test_copy_parameters_refuses_a_twin_of_another_shape():
 
 
 def test_summary_row_compares_the_medians_of_the_seeds_both_engines_finished():
-    from benchmarks.accuracy_models import STUDIES, summary
+    from benchmarks.accuracy_models import STUDIES, epoch_swings, summary
 
     def runs(engine, finals):
         return {f"{engine}/{s}": {"metric": [0.0, v], "train_loss": [1.0, 0.5], "seconds": [2.0, 4.0]}
@@ -284,6 +284,12 @@ def test_summary_row_compares_the_medians_of_the_seeds_both_engines_finished():
 
     points = {"config": {"data": "d"}, "runs": runs("arraycnn", [97.1]) | runs("torch", [97.5])}
     assert summary(STUDIES["vgg-digits"], points)[5:8] == ["-0.40 points", "-0.40", "within 0.3 points: NO"]
+    assert epoch_swings(points) is None   # two epochs: no plateau to measure
+    for run, curve in zip(points["runs"].values(), ([90, 95, 96, 97, 96.5, 97.5], [90, 94, 97, 97, 97, 98]),
+                          strict=True):
+        run["metric"] = curve   # second half: |97-96|, |96.5-97|, |97.5-96.5| and |97-97|, |97-97|, |98-97|
+    swing = epoch_swings(points)
+    assert (swing.median, swing.high, swing.runs) == (pytest.approx(0.75), pytest.approx(1.0), 6)
 
 
 # --------------------------------------------------------------------------- the commands
