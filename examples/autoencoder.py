@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _cli import SOURCE_HELP, add_placement_arguments
+from _cli import SOURCE_HELP, add_placement_arguments, int_at_least, learning_rate
 
 import arraycnn
 from arraycnn import data
@@ -47,25 +47,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dataset", default="mnist", choices=data.NAMES, help="default mnist")
     p.add_argument("--source", default="auto", choices=data.SOURCES, help=f"default {SOURCE_HELP}")
     p.add_argument("--data-dir", help="an IDX directory or the tensorflow-datasets data dir")
-    p.add_argument("--train-size", type=int, help="a stratified subset of the training set; default all")
-    p.add_argument("--test-size", type=int, help="a stratified subset of the test set; default all")
-    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help=f"default {DEFAULT_EPOCHS}")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help=f"default {DEFAULT_BATCH_SIZE}")
-    p.add_argument("--lr", type=float, default=DEFAULT_LR, help=f"Adam's learning rate; default {DEFAULT_LR}")
+    p.add_argument("--train-size", type=int_at_least(1), help="a stratified subset of the training set; default all")
+    p.add_argument("--test-size", type=int_at_least(1), help="a stratified subset of the test set; default all")
+    p.add_argument("--epochs", type=int_at_least(0), default=DEFAULT_EPOCHS, help=f"default {DEFAULT_EPOCHS}")
+    p.add_argument("--batch-size", type=int_at_least(1), default=DEFAULT_BATCH_SIZE,
+                   help=f"default {DEFAULT_BATCH_SIZE}")
+    p.add_argument("--lr", type=learning_rate, default=DEFAULT_LR, help=f"Adam's learning rate; default {DEFAULT_LR}")
     p.add_argument("--dtype", default="float32", choices=arraycnn.backend.DTYPES, help="default float32")
-    p.add_argument("--seed", type=int, default=0, help="seeds the weights, the data split and every epoch's order")
+    p.add_argument("--seed", type=int_at_least(0), default=0,
+                   help="seeds the weights, the data split and every epoch's order")
     p.add_argument("--plot", type=Path, metavar="PATH",
                    help=f"write {SHOW_RECONSTRUCTIONS} test digits beside their reconstructions to this PNG")
     p.add_argument("--metrics-json", type=Path, metavar="PATH", help="write the run's metrics as JSON")
     args = p.parse_args(argv)
-    if args.epochs < 0:
-        p.error(f"--epochs must be >= 0, got {args.epochs}")
-    if args.batch_size < 1:
-        p.error(f"--batch-size must be >= 1, got {args.batch_size}")
-    if not args.lr > 0:
-        p.error(f"--lr must be > 0, got {args.lr}")
-    if args.seed < 0:
-        p.error(f"--seed must be >= 0, got {args.seed}")
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         p.error("--plot needs matplotlib: pip install 'arraycnn[plot]'")
     return args

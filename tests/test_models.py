@@ -332,3 +332,11 @@ def test_autoencoder_example(tmp_path):
     assert {k: metrics[k] for k in ("status", "source", "train_size", "test_size", "batch_size", "epochs")} == {
         "status": "completed", "source": "bundled", "train_size": 200, "test_size": 100, "batch_size": 50,
         "epochs": 2}
+
+
+@pytest.mark.parametrize(("args", "message"), [(["--lr", "nan"], "argument --lr: must be a finite number > 0"),
+                                               (["--batch-size", "0"], "argument --batch-size: must be >= 1")])
+def test_autoencoder_example_refuses_bad_arguments(tmp_path, args, message):
+    result = run_example("autoencoder.py", tmp_path, *args, "--metrics-json", "m.json")
+    assert result.returncode == 2 and message in result.stderr
+    assert "epoch" not in result.stdout and not (tmp_path / "m.json").exists()
