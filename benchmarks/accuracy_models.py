@@ -20,7 +20,7 @@ by rounding: the comparison tests the engine, not the luck of the draw.
 
 Each finished (engine, seed) run is saved to ``results/accuracy_<study>.json`` and skipped the next time.
 
-    python -m benchmarks.accuracy_models                                   # everything (long: hours on 2 cores)
+    python -m benchmarks.accuracy_models --threads 1                       # everything: ~40 min on 2 cores
     nohup python -m benchmarks.accuracy_models --studies vgg-digits autoencoder > /tmp/acc_models.log 2>&1 &
     python -m benchmarks.accuracy_models --report-only                     # rewrite the table from saved runs
 """
