@@ -108,6 +108,20 @@ def test_seed_dtype_backend_and_device(build):
     assert dropouts == [(layer.seed, layer.counter) for layer in moved.layers if isinstance(layer, Dropout)]
 
 
+def test_conv_autoencoder_trains_alike_on_torch_tensors(digits):
+    """Through array-api-compat on torch tensors (no dropout, so no device random numbers): the same losses as
+    NumPy in float64, step after step, and its MSE pair reads the element count from the shape."""
+    pytest.importorskip("torch")
+    images, _ = digits
+    losses = {}
+    for name in ("numpy", "torch"):
+        model, opt = conv_autoencoder(name, "float64", seed=1), Adam(1e-3)
+        x = model.to_device_inputs(images)
+        losses[name] = [float(backend.to_numpy(model.train_step(x, x, opt))) for _ in range(3)]
+        assert backend.backend_name(model.xp).endswith(name)
+    TOLERANCES["float64"].assert_close(np.array(losses["torch"]), np.array(losses["numpy"]), "losses")
+
+
 # --------------------------------------------------------------------------- training and modes
 
 

@@ -8,6 +8,7 @@ rows, which sum to 1.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,16 +117,16 @@ def mean_squared_error_forward(pred: Array, target: Array) -> tuple[Array, MSECa
     check_float(target, "target", xp)
     if tuple(target.shape) != tuple(pred.shape):
         raise ValueError(f"target must have the prediction's shape {tuple(pred.shape)}, got {tuple(target.shape)}")
-    if pred.size == 0:
+    if math.prod(pred.shape) == 0:  # not .size: a method on torch tensors
         raise ValueError(f"pred must hold at least one element, got shape {tuple(pred.shape)}")
     # --8<-- [start:mse_forward]
     diff = pred - xp.astype(target, pred.dtype)
-    return xp.sum(diff * diff) / diff.size, MSECache(diff)
+    return xp.sum(diff * diff) / math.prod(diff.shape), MSECache(diff)
     # --8<-- [end:mse_forward]
 
 
 def mean_squared_error_backward(dloss: Any, cache: MSECache) -> Array:
     """``dpred = dloss · 2 (pred - target) / size``, ``dloss`` the upstream scalar (1 for the loss itself)."""
     # --8<-- [start:mse_backward]
-    return cache.diff * (2.0 * dloss / cache.diff.size)
+    return cache.diff * (2.0 * dloss / math.prod(cache.diff.shape))
     # --8<-- [end:mse_backward]
