@@ -103,5 +103,5 @@ def batch_norm_inference(
     xp = _check(x, gamma, beta, eps, mean=mean, var=var)
     # --8<-- [start:inference]
     scale = gamma / xp.sqrt(var + eps)
-    return x * scale + (beta - mean * scale)
+    return (x - mean) * scale + beta   # centre first: x·scale - mean·scale cancels when var << eps
     # --8<-- [end:inference]
