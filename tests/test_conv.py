@@ -172,7 +172,7 @@ def _ok_args(xp, dtype="float64"):
     [
         (lambda x, w, xp: (x[0, ...], w, {}), ValueError, r"x must be 4-D \(N, H, W, C\)"),
         (lambda x, w, xp: (x, w[0, ...], {}), ValueError, r"w must be 4-D \(K, KH, KW, C\)"),
-        (lambda x, w, xp: (x, w[..., :2], {}), ValueError, r"w must have C = 3 channels"),
+        (lambda x, w, xp: (x, w[..., :2], {}), ValueError, r"w must have C = 3 input channels"),
         (lambda x, w, xp: (x, w, {"b": xp.zeros(3, dtype=xp.float64)}), ValueError,
          r"b must have shape \(K,\) = \(4,\)"),
         (lambda x, w, xp: (x[:, :2, :2, :], w, {}), ValueError, r"window w=\(3, 3\) is larger than the padded input"),

@@ -54,22 +54,30 @@ class ToeplitzConvCache:
     has_bias: bool
 
 
-def conv_window(x: Array, w: Array, b: Array | None, stride: Any, padding: Any) -> Window:
-    """Check ``x (N, H, W, C)``, ``w (K, KH, KW, C)``, ``b (K,)`` or None, ``stride``, ``padding``; the window."""
+def check_conv_arrays(x: Array, w: Array, b: Array | None, transposed: bool = False) -> None:
+    """Check ``x``, ``w (K, KH, KW, C)`` and ``b`` (or None) of a convolution: 4-d floats of one dtype, ``x``'s
+    channels those ``w`` reads and ``b`` one entry per channel ``w`` writes. A convolution reads ``C`` and
+    writes ``K`` (``x (N, H, W, C)``, ``b (K,)``); the ``transposed`` one reads ``K`` and writes ``C``."""
     xp = namespace_of(x=x, w=w, b=b)
-    check_ndim(x, "x", 4, "(N, H, W, C)")
+    (reads, read_axis), (writes, write_axis) = (("K", 0), ("C", 3)) if transposed else (("C", 3), ("K", 0))
+    check_ndim(x, "x", 4, f"(N, H, W, {reads})")
     check_ndim(w, "w", 4, "(K, KH, KW, C)")
     check_float(x, "x", xp)
     check_float(w, "w", xp)
     if b is not None:
         check_float(b, "b", xp)
-        if tuple(b.shape) != (w.shape[0],):
-            raise ValueError(f"b must have shape (K,) = ({w.shape[0]},) for w of shape {tuple(w.shape)}, "
-                             f"got {tuple(b.shape)}")
+        if tuple(b.shape) != (w.shape[write_axis],):
+            raise ValueError(f"b must have shape ({writes},) = ({w.shape[write_axis]},) for w of shape "
+                             f"(K, KH, KW, C) = {tuple(w.shape)}, got {tuple(b.shape)}")
     check_same_dtype(xp, x=x, w=w, b=b)
-    if w.shape[3] != x.shape[3]:
-        raise ValueError(f"w must have C = {x.shape[3]} channels like x (N, H, W, C) = {tuple(x.shape)}, "
-                         f"got w of shape (K, KH, KW, C) = {tuple(w.shape)}")
+    if w.shape[read_axis] != x.shape[3]:
+        raise ValueError(f"w must have {reads} = {x.shape[3]} input channels like x (N, H, W, {reads}) = "
+                         f"{tuple(x.shape)}, got w of shape (K, KH, KW, C) = {tuple(w.shape)}")
+
+
+def conv_window(x: Array, w: Array, b: Array | None, stride: Any, padding: Any) -> Window:
+    """Check ``x (N, H, W, C)``, ``w (K, KH, KW, C)``, ``b (K,)`` or None, ``stride``, ``padding``; the window."""
+    check_conv_arrays(x, w, b)
     return make_window(tuple(x.shape), tuple(w.shape[1:3]), stride, padding, kernel_name="w")
 
 

@@ -18,7 +18,8 @@ from typing import Any
 
 import array_api_compat
 
-from .._checks import check_float, check_ndim, check_same_dtype, int_pair, namespace_of
+from .._checks import int_pair, namespace_of
+from .conv import bias_gradient, check_conv_arrays
 from .windows import Window, im2col, make_window, pad_hw, scatter_windows
 
 Array = Any
@@ -44,20 +45,8 @@ def conv2d_transpose_forward(
     ``OH = (H - 1)*sh - 2*ph + KH + oph`` with ``0 <= oph < sh`` (the extra rows at the bottom that a
     stride-``sh`` convolution of an ``OH``-row input would never read).
     """
+    check_conv_arrays(x, w, b, transposed=True)
     xp = namespace_of(x=x, w=w, b=b)
-    check_ndim(x, "x", 4, "(N, H, W, K)")
-    check_ndim(w, "w", 4, "(K, KH, KW, C)")
-    check_float(x, "x", xp)
-    check_float(w, "w", xp)
-    if b is not None:
-        check_float(b, "b", xp)
-        if tuple(b.shape) != (w.shape[3],):
-            raise ValueError(f"b must have shape (C,) = ({w.shape[3]},) for w of shape (K, KH, KW, C) = "
-                             f"{tuple(w.shape)}, got {tuple(b.shape)}")
-    check_same_dtype(xp, x=x, w=w, b=b)
-    if w.shape[0] != x.shape[3]:
-        raise ValueError(f"w must have K = {x.shape[3]} input channels like x (N, H, W, K) = {tuple(x.shape)}, "
-                         f"got w of shape (K, KH, KW, C) = {tuple(w.shape)}")
     win = transpose_window(tuple(x.shape), tuple(w.shape), stride, padding, output_padding)
     n, h, wd, k = x.shape
     c = w.shape[3]
@@ -87,7 +76,7 @@ def conv2d_transpose_backward(
     if tuple(dy.shape) != expected:
         raise ValueError(f"dy must have the output's shape (N, OH, OW, C) = {expected}, got {tuple(dy.shape)}")
     # --8<-- [start:backward]
-    db = xp.sum(dy, axis=(0, 1, 2)) if cache.has_bias else None
+    db = bias_gradient(dy) if cache.has_bias else None
     patches = im2col(pad_hw(dy, win), win)                                   # P (N*H*W, KH*KW*C)
     dw = xp.reshape(cache.x2.T @ patches, tuple(w.shape))                    # dW = Xᵀ P
     if not input_grad:
