@@ -112,7 +112,7 @@ class _ParamLayer(Layer):
 
     def __init__(
         self, w_shape: tuple[int, ...], fan_in: int, init: str, rng: int | np.random.Generator,
-        backend: str | ModuleType, dtype: str | Any, device: Any,
+        backend: str | ModuleType, dtype: str | Any, device: Any, bias_size: int | None = None,
     ) -> None:
         super().__init__()
         xp = get_namespace(backend)
@@ -120,8 +120,20 @@ class _ParamLayer(Layer):
         std = init_std(init, fan_in)
         self.params = {
             "w": random_normal(host_rng(rng), w_shape, std, xp, dt, dev),
-            "b": xp.zeros((w_shape[0],), dtype=dt, device=dev),
+            "b": xp.zeros((w_shape[0] if bias_size is None else bias_size,), dtype=dt, device=dev),
         }
+
+    def _conv_geometry(self, in_channels: int, filters: int, kernel_size: Any, stride: Any, padding: Any) -> None:
+        """Check and keep a convolution's ``in_channels``, ``filters``, ``kernel_size``, ``stride``, ``padding``."""
+        self.in_channels = check_int(in_channels, "in_channels", 1)
+        self.filters = check_int(filters, "filters", 1)
+        self.kernel_size = int_pair(kernel_size, "kernel_size", 1)
+        self.stride = int_pair(stride, "stride", 1)
+        self.padding = int_pair(padding, "padding", 0)
+
+    def _conv_config(self) -> dict[str, Any]:
+        return {"type": type(self).__name__, "in_channels": self.in_channels, "filters": self.filters,
+                "kernel_size": list(self.kernel_size), "stride": list(self.stride), "padding": list(self.padding)}
 
 
 class Conv2D(_ParamLayer):
@@ -135,11 +147,7 @@ class Conv2D(_ParamLayer):
         padding: Any = 0, method: str = "im2col", init: str = "he", rng: int | np.random.Generator = 0,
         backend: str | ModuleType = "numpy", dtype: str | Any = "float32", device: Any = None,
     ) -> None:
-        self.in_channels = check_int(in_channels, "in_channels", 1)
-        self.filters = check_int(filters, "filters", 1)
-        self.kernel_size = int_pair(kernel_size, "kernel_size", 1)
-        self.stride = int_pair(stride, "stride", 1)
-        self.padding = int_pair(padding, "padding", 0)
+        self._conv_geometry(in_channels, filters, kernel_size, stride, padding)
         if method not in CONV_METHODS:
             raise ValueError(f"method must be one of {CONV_METHODS}, got {method!r}")
         self.method = method
@@ -148,9 +156,7 @@ class Conv2D(_ParamLayer):
                          init, rng, backend, dtype, device)
 
     def config(self) -> dict[str, Any]:
-        return {"type": "Conv2D", "in_channels": self.in_channels, "filters": self.filters,
-                "kernel_size": list(self.kernel_size), "stride": list(self.stride), "padding": list(self.padding),
-                "method": self.method}
+        return self._conv_config() | {"method": self.method}
 
     def _forward(self, x: Array, train: bool) -> tuple[Array, Any]:
         return F.conv2d_forward(x, self.params["w"], self.params["b"], self.stride, self.padding, self.method,
@@ -269,26 +275,17 @@ class Conv2DTranspose(_ParamLayer):
         padding: Any = 0, output_padding: Any = 0, init: str = "he", rng: int | np.random.Generator = 0,
         backend: str | ModuleType = "numpy", dtype: str | Any = "float32", device: Any = None,
     ) -> None:
-        self.in_channels = check_int(in_channels, "in_channels", 1)
-        self.filters = check_int(filters, "filters", 1)
-        self.kernel_size = int_pair(kernel_size, "kernel_size", 1)
-        self.stride = int_pair(stride, "stride", 1)
-        self.padding = int_pair(padding, "padding", 0)
+        self._conv_geometry(in_channels, filters, kernel_size, stride, padding)
         self.output_padding = int_pair(output_padding, "output_padding", 0)
         if any(op >= s for op, s in zip(self.output_padding, self.stride, strict=True)):
             raise ValueError(f"output_padding must be smaller than the stride {self.stride} on each axis, "
                              f"got {self.output_padding}")
         kh, kw = self.kernel_size
         super().__init__((self.in_channels, kh, kw, self.filters), kh * kw * self.filters,
-                         init, rng, backend, dtype, device)
-        b = self.params["b"]   # the base class sizes the bias by w's first axis; here it is one per output channel
-        self.params["b"] = array_api_compat.array_namespace(b).zeros(
-            (self.filters,), dtype=b.dtype, device=array_api_compat.device(b))
+                         init, rng, backend, dtype, device, bias_size=self.filters)
 
     def config(self) -> dict[str, Any]:
-        return {"type": "Conv2DTranspose", "in_channels": self.in_channels, "filters": self.filters,
-                "kernel_size": list(self.kernel_size), "stride": list(self.stride), "padding": list(self.padding),
-                "output_padding": list(self.output_padding)}
+        return self._conv_config() | {"output_padding": list(self.output_padding)}
 
     def _forward(self, x: Array, train: bool) -> tuple[Array, Any]:
         return F.conv2d_transpose_forward(x, self.params["w"], self.params["b"], self.stride, self.padding,
