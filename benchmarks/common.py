@@ -22,7 +22,7 @@ THREAD_ENV_VARS = (
     "BLIS_NUM_THREADS",
     "VECLIB_MAXIMUM_THREADS",
     "NUMEXPR_NUM_THREADS",
-    "ARRAYCNN_THREADS",  # arraycnn's batch-split workers on NumPy (arraycnn.backend.data_parallel_workers)
+    "ARRAYCNN_THREADS",  # arraycnn's chunk threads on NumPy (arraycnn.execution.default_threads)
 )
 _LOADED_TOO_EARLY = ("numpy", "torch", "tensorflow")
 DOCS_PATH = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
