@@ -80,6 +80,24 @@ def rounded(host: np.ndarray, dtype: str) -> np.ndarray:
     return host.astype(dtype).astype(np.float64)
 
 
+def assert_backward_is_pure(xp, dtype: str, forward, backward, hosts, rng: np.random.Generator, **kwargs):
+    """``forward(*hosts, **kwargs)`` on ``xp`` in ``dtype``, then ``backward`` twice on one ``dy`` drawn from ``rng``:
+    the inputs and ``dy`` are left as they were, the two calls give the same gradients bit for bit, and the output
+    and every gradient keep the inputs' dtype. Returns ``(inputs on xp, cache)`` for an op's own further checks."""
+    arrays = [to_xp(xp, host, dtype) for host in hosts]
+    y, cache = forward(*arrays, **kwargs)
+    dy_host = rng.standard_normal(tuple(y.shape))
+    dy = to_xp(xp, dy_host, dtype)
+    grads = backward(dy, cache)
+    grads_again = backward(dy, cache)
+    for host, dev in (*zip(hosts, arrays, strict=True), (dy_host, dy)):
+        np.testing.assert_array_equal(backend.to_numpy(dev), host.astype(dtype))
+    for g, g2 in zip(grads, grads_again, strict=True):
+        np.testing.assert_array_equal(backend.to_numpy(g), backend.to_numpy(g2))
+    assert all(a.dtype == arrays[0].dtype for a in (y, *grads))
+    return arrays, cache
+
+
 def _skip_reason(report: pytest.TestReport) -> str:
     """The reason given to ``pytest.skip`` (or a skip mark) for one skipped test."""
     longrepr = report.longrepr

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import TOLERANCES, rounded, to_xp
+from conftest import TOLERANCES, assert_backward_is_pure, rounded, to_xp
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -129,18 +129,9 @@ def test_im2col_and_toeplitz_agree(xp, cfg, seed):
 @pytest.mark.parametrize("method", METHODS)
 def test_backward_does_not_modify_inputs_and_keeps_dtype(xp, dtype, method):
     rng = np.random.default_rng(3)
-    x, w, b = rng.standard_normal((2, 6, 5, 3)), rng.standard_normal((4, 3, 2, 3)), rng.standard_normal(4)
-    xs, ws, bs = (to_xp(xp, a, dtype) for a in (x, w, b))
-    y, cache = conv2d_forward(xs, ws, bs, stride=(2, 1), padding=(1, 2), method=method)
-    dy_host = rng.standard_normal(tuple(y.shape))
-    dy = to_xp(xp, dy_host, dtype)
-    grads = conv2d_backward(dy, cache)
-    grads_again = conv2d_backward(dy, cache)
-    for host, dev in ((x, xs), (w, ws), (b, bs), (dy_host, dy)):
-        np.testing.assert_array_equal(backend.to_numpy(dev), host.astype(dtype))
-    for g, g2 in zip(grads, grads_again, strict=True):
-        np.testing.assert_array_equal(backend.to_numpy(g), backend.to_numpy(g2))
-    assert all(a.dtype == xs.dtype for a in (y, *grads))
+    hosts = rng.standard_normal((2, 6, 5, 3)), rng.standard_normal((4, 3, 2, 3)), rng.standard_normal(4)
+    assert_backward_is_pure(xp, dtype, conv2d_forward, conv2d_backward, hosts, rng, stride=(2, 1), padding=(1, 2),
+                            method=method)
 
 
 @pytest.mark.parametrize(("method", "cache_type"), [("im2col", Im2colConvCache), ("toeplitz", ToeplitzConvCache)])
