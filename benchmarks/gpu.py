@@ -125,13 +125,6 @@ def device_line(dry_run: bool) -> str:
             f"{cupy.cuda.runtime.driverGetVersion()}; host {common.cpu_model()}")
 
 
-def _sync(backend: str) -> None:
-    if backend == "cupy":
-        import cupy
-
-        cupy.cuda.Device().synchronize()
-
-
 # -- 1. kernel compilation -------------------------------------------------------------------------------------
 def kernel_cache_dir() -> Path:
     """Where CuPy keeps compiled kernels: ``CUPY_CACHE_DIR``, else its default ``~/.cupy/kernel_cache``."""
@@ -150,7 +143,7 @@ def first_calls(backend: str, device: Any, batch_size: int) -> dict[str, Any]:
 
     cache = kernel_cache_dir()
     out: dict[str, Any] = {"cache": str(cache), "cached_before": _cached_kernels(cache)}
-    model, opt = tutorial_cnn(backend=backend, seed=0, device=device), Adam()
+    model, opt, sync = tutorial_cnn(backend=backend, seed=0, device=device), Adam(), peers.device_sync(backend)
     images, labels = peers.synthetic_data(batch_size)
     x, y = model.to_device_inputs(images), model.to_device_targets(labels)
     for name, call in (("train_step", lambda: model.execution.train_step(model, x, y, opt)),
@@ -159,7 +152,7 @@ def first_calls(backend: str, device: Any, batch_size: int) -> dict[str, Any]:
             before = _cached_kernels(cache)
             start = time.perf_counter()
             call()
-            _sync(backend)
+            sync()
             out[f"{name} {which}"] = time.perf_counter() - start
             out[f"{name} {which} kernels"] = _cached_kernels(cache) - before
     return out

@@ -83,11 +83,12 @@ def arraycnn_engine(
 
     workers = os.environ.get("ARRAYCNN_THREADS", "unset")
     return Engine(f"arraycnn ({backend})", arraycnn.__version__, batch, train_step, predict,
-                  sync=_device_sync(backend),
+                  sync=device_sync(backend),
                   threads=f"ARRAYCNN_THREADS={workers}, {model.execution!r}, NumPy BLAS: {blas_threads()}")
 
 
-def _device_sync(backend: str) -> Callable[[], None]:
+def device_sync(backend: str) -> Callable[[], None]:
+    """What waits for ``backend``'s queued device work: CuPy's device synchronisation, else nothing."""
     if backend != "cupy":
         return _no_sync
     import cupy
