@@ -26,10 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import OtherWork, load_average, machine_line, markdown_table, publish, today
+from benchmarks.common import DOCS_PATH, OtherWork, load_average, machine_line, markdown_table, publish, today
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
-FASHION = "/usr/share/datasets/fashion-mnist"
 BATCH = 64
 CONFIGS = ((1, 1), (1, 2), (2, 1))  # (ranks, threads per rank) on a 2-core machine
 # The projection's network: nodes joined by 100 Gb/s (InfiniBand HDR100 or 100 GbE with RDMA).
@@ -65,8 +63,9 @@ def worker(args: argparse.Namespace) -> None:
 
     xp = get_namespace("numpy")
     comm = get_communicator(True, xp)
-    if Path(FASHION).is_dir():
-        ds = data.load_dataset("fashion_mnist", "idx", FASHION, args.train_size, 1000, seed=0, log=None)
+    if data.DEBIAN_FASHION_DIR.is_dir():
+        ds = data.load_dataset("fashion_mnist", "idx", data.DEBIAN_FASHION_DIR, args.train_size, 1000, seed=0,
+                               log=None)
     else:
         ds = data.load_dataset("mnist", "bundled", None, args.train_size, 1000, seed=0, log=None)
     model = tutorial_cnn(xp, "float32", 0)
@@ -242,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     results = [run_config(ranks, threads, args) for ranks, threads in CONFIGS]
     if args.save_json:
         args.save_json.write_text(json.dumps(results, indent=2) + "\n")
-    publish(report(results), DOCS, "scaling", args.no_write)
+    publish(report(results), DOCS_PATH, "scaling", args.no_write)
 
 
 if __name__ == "__main__":
