@@ -6,6 +6,7 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import TOLERANCES
 
 import arraycnn
 from arraycnn import backend, data
@@ -14,7 +15,6 @@ from arraycnn.layers import Dense, Flatten, Layer, ReLU
 from arraycnn.model import Sequential
 from arraycnn.models import tutorial_cnn
 from arraycnn.optim import Adam
-from tests.conftest import TOLERANCES
 
 
 @pytest.fixture(scope="module")

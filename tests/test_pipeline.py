@@ -15,13 +15,13 @@ from pathlib import Path
 import array_api_compat
 import numpy as np
 import pytest
+from conftest import TOLERANCES
 
 import arraycnn
 from arraycnn import backend, data
 from arraycnn.models import tutorial_cnn
 from arraycnn.optim import Adam
 from arraycnn.train import load_training_state
-from tests.conftest import TOLERANCES
 
 PLACES = [("numpy", None), ("array_api_strict", "device1"), ("torch", "cpu"), ("cupy", "0")]
 EPOCHS, BATCH = 2, 24
