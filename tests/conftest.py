@@ -8,7 +8,10 @@ calls are slow.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +27,7 @@ settings.register_profile("deep", max_examples=3000, **_common)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 NAMESPACES = ("numpy", "array_api_strict", "cupy")
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 @pytest.fixture(params=NAMESPACES, scope="session")
@@ -75,9 +79,22 @@ def to_xp(xp, host: np.ndarray, dtype: str):
     return backend.to_device(host, xp, dtype)
 
 
+def assert_same(actual, expected, what: str = "") -> None:
+    """Equal bit for bit on the host: for a result that must be the very same computation, not merely close."""
+    np.testing.assert_array_equal(backend.to_numpy(actual), backend.to_numpy(expected), err_msg=what)
+
+
 def rounded(host: np.ndarray, dtype: str) -> np.ndarray:
     """``host`` rounded to ``dtype`` and back to float64: what the engine actually received."""
     return host.astype(dtype).astype(np.float64)
+
+
+def run_example(script: str, cwd: Path, *args: str, env: dict[str, str] | None = None,
+                timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python examples/<script> args`` in ``cwd``, as a user runs it, with ``env`` added to the environment:
+    the finished process (output captured as text), whatever its exit status; a hang fails after ``timeout`` s."""
+    return subprocess.run([sys.executable, str(EXAMPLES / script), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
 
 
 def assert_backward_is_pure(xp, dtype: str, forward, backward, hosts, rng: np.random.Generator, **kwargs):

@@ -6,24 +6,17 @@ import math
 
 import numpy as np
 import pytest
+from conftest import assert_same
 
 from arraycnn import backend
 from arraycnn import functional as F
 from arraycnn.layers import AvgPool2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU
-
-
-def _host(seed: int, shape: tuple[int, ...]) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal(shape)
-
-
-def _assert_same(actual, expected, what: str) -> None:
-    """The layer must call the functional op itself, so results are identical, not merely close."""
-    np.testing.assert_array_equal(backend.to_numpy(actual), backend.to_numpy(expected), err_msg=what)
+from arraycnn.testing import random_array
 
 
 def _layer_cases(xp):
     """(layer, input x, functional forward with the layer's arguments, functional backward)."""
-    x4 = backend.to_device(_host(0, (2, 7, 6, 3)), xp, "float32")
+    x4 = backend.to_device(random_array(0, (2, 7, 6, 3)), xp, "float32")
     conv = Conv2D(3, 4, (3, 2), stride=(2, 1), padding=1, rng=1, backend=xp)
     toeplitz = Conv2D(3, 4, 3, method="toeplitz", rng=2, backend=xp)
     dense = Dense(7 * 6 * 3, 5, rng=3, backend=xp)
@@ -43,15 +36,15 @@ def test_layers_equal_their_functional_pairs(xp):
     for layer, x, forward, backward in _layer_cases(xp):
         y = layer.forward(x)
         y_ref, cache = forward(x)
-        _assert_same(y, y_ref, f"{layer} forward")
-        dy = backend.to_device(_host(5, tuple(y.shape)), xp, "float32")
+        assert_same(y, y_ref, f"{layer} forward")
+        dy = backend.to_device(random_array(5, tuple(y.shape)), xp, "float32")
         dx = layer.backward(dy)
         ref = backward(dy, cache)
         ref = ref if isinstance(ref, tuple) else (ref,)
-        _assert_same(dx, ref[0], f"{layer} dx")
+        assert_same(dx, ref[0], f"{layer} dx")
         assert set(layer.grads) == set(layer.params), layer
         for name, g in zip(("w", "b"), ref[1:], strict=False):
-            _assert_same(layer.grads[name], g, f"{layer} d{name}")
+            assert_same(layer.grads[name], g, f"{layer} d{name}")
             assert tuple(layer.grads[name].shape) == tuple(layer.params[name].shape)
 
 
@@ -60,28 +53,28 @@ def test_evaluation_forward_is_the_training_forward_bit_for_bit(xp):
     from arraycnn.models import tutorial_cnn
 
     for layer, x, _, _ in _layer_cases(xp):
-        _assert_same(layer.forward(x, train=False), layer.forward(x, train=True), f"{layer} evaluation forward")
+        assert_same(layer.forward(x, train=False), layer.forward(x, train=True), f"{layer} evaluation forward")
     model = tutorial_cnn(backend=xp, seed=0)
-    images = backend.to_device(np.abs(_host(6, (5, 28, 28, 1))), xp, "float32")
-    _assert_same(model.forward(images, train=False), model.forward(images, train=True), "tutorial_cnn forward")
+    images = backend.to_device(np.abs(random_array(6, (5, 28, 28, 1))), xp, "float32")
+    assert_same(model.forward(images, train=False), model.forward(images, train=True), "tutorial_cnn forward")
 
 
 def test_input_grad_false_skips_dx_with_the_same_parameter_gradients(xp):
-    x = backend.to_device(_host(0, (2, 6, 6, 3)), xp, "float64")
+    x = backend.to_device(random_array(0, (2, 6, 6, 3)), xp, "float64")
     for layer in (Conv2D(3, 4, 3, rng=1, backend=xp, dtype="float64"), Dense(108, 5, rng=2, backend=xp,
                                                                              dtype="float64"), ReLU()):
         y = layer.forward(x)
-        dy = backend.to_device(_host(5, tuple(y.shape)), xp, "float64")
+        dy = backend.to_device(random_array(5, tuple(y.shape)), xp, "float64")
         assert layer.backward(dy) is not None
         grads = dict(layer.grads)
         layer.forward(x)
         assert layer.backward(dy, input_grad=False) is None
         for name, g in grads.items():
-            _assert_same(layer.grads[name], g, f"{layer} d{name}")
+            assert_same(layer.grads[name], g, f"{layer} d{name}")
 
 
 def test_flatten_reshapes_and_back(xp):
-    x = backend.to_device(_host(0, (2, 3, 4, 5)), xp, "float64")
+    x = backend.to_device(random_array(0, (2, 3, 4, 5)), xp, "float64")
     layer = Flatten()
     y = layer.forward(x)
     assert tuple(y.shape) == (2, 60)
@@ -92,7 +85,7 @@ def test_flatten_reshapes_and_back(xp):
 
 @pytest.mark.parametrize("layer", [ReLU(), Flatten(), MaxPool2D(2), Conv2D(1, 2, 3), Dense(16, 2)], ids=repr)
 def test_backward_needs_a_training_forward_and_drops_the_cache(layer):
-    x = _host(0, (2, 4, 4, 1)).astype(np.float32)
+    x = random_array(0, (2, 4, 4, 1)).astype(np.float32)
     layer.forward(x, train=False)
     with pytest.raises(RuntimeError, match="forward\\(x, train=True\\)"):
         layer.backward(np.ones((2, *layer.forward(x, train=False).shape[1:]), np.float32))

@@ -8,25 +8,19 @@ import math
 
 import numpy as np
 import pytest
+from conftest import assert_same
 
 from arraycnn import backend
 from arraycnn import functional as F
 from arraycnn.layers import BatchNorm, Conv2D, Conv2DTranspose, Dense, Dropout, Flatten, MaxPool2D, ReLU, Sigmoid
 from arraycnn.model import Sequential
 from arraycnn.optim import Adam
-
-
-def _host(seed: int, shape: tuple[int, ...], scale: float = 1.0, shift: float = 0.0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal(shape) * scale + shift
-
-
-def _same(actual, expected, what: str) -> None:
-    np.testing.assert_array_equal(backend.to_numpy(actual), backend.to_numpy(expected), err_msg=what)
+from arraycnn.testing import random_array
 
 
 def test_layers_equal_their_functional_pairs(xp):
     """Each layer calls its functional pair: identical forward, dx and parameter gradients."""
-    x = backend.to_device(_host(0, (2, 5, 4, 3)), xp, "float32")
+    x = backend.to_device(random_array(0, (2, 5, 4, 3)), xp, "float32")
     convt = Conv2DTranspose(3, 2, (3, 2), stride=(2, 1), padding=1, output_padding=(1, 0), rng=1, backend=xp)
     bn = BatchNorm(3, backend=xp)
     drop = Dropout(0.3, rng=2)
@@ -41,14 +35,14 @@ def test_layers_equal_their_functional_pairs(xp):
     for layer, forward, backward, names in cases:
         y_ref, cache = forward(x)
         y = layer.forward(x)
-        _same(y, y_ref, f"{layer} forward")
-        dy = backend.to_device(_host(5, tuple(y.shape)), xp, "float32")
+        assert_same(y, y_ref, f"{layer} forward")
+        dy = backend.to_device(random_array(5, tuple(y.shape)), xp, "float32")
         ref = backward(dy, cache)
         ref = ref if isinstance(ref, tuple) else (ref,)
-        _same(layer.backward(dy), ref[0], f"{layer} dx")
+        assert_same(layer.backward(dy), ref[0], f"{layer} dx")
         assert set(layer.grads) == set(layer.params) == set(names)
         for name, g in zip(names, ref[1:], strict=True):
-            _same(layer.grads[name], g, f"{layer} d{name}")
+            assert_same(layer.grads[name], g, f"{layer} d{name}")
             assert tuple(g.shape) == tuple(layer.params[name].shape)
 
 
@@ -76,8 +70,8 @@ def test_batchnorm_running_statistics_match_pytorch(shape, momentum):
         theirs.weight.copy_(torch.from_numpy(ours.params["gamma"]))
         theirs.bias.copy_(torch.from_numpy(ours.params["beta"]))
     for step in range(5):
-        x = _host(step, shape, scale=1.0 + step, shift=float(step) - 2.0)
-        dy = _host(100 + step, shape)
+        x = random_array(step, shape, 1.0 + step) + (float(step) - 2.0)
+        dy = random_array(100 + step, shape)
         xt = torch.tensor(x).permute(*to_nchw).requires_grad_()
         theirs.train()
         yt = theirs(xt)
@@ -92,7 +86,7 @@ def test_batchnorm_running_statistics_match_pytorch(shape, momentum):
         np.testing.assert_allclose(ours.running_mean, theirs.running_mean.numpy(), rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(ours.running_var, theirs.running_var.numpy(), rtol=1e-12, atol=1e-14)
     theirs.eval()
-    x = _host(9, shape, scale=3.0)
+    x = random_array(9, shape, 3.0)
     with torch.no_grad():
         y_ref = theirs(torch.tensor(x).permute(*to_nchw)).permute(*to_nhwc).numpy()
     np.testing.assert_allclose(ours.forward(x, train=False), y_ref, rtol=1e-10, atol=1e-12)
@@ -100,14 +94,15 @@ def test_batchnorm_running_statistics_match_pytorch(shape, momentum):
 
 def test_batchnorm_evaluation_uses_the_running_statistics_and_leaves_them(xp):
     bn = BatchNorm(3, momentum=0.5, backend=xp, dtype="float64")
-    x = backend.to_device(_host(1, (4, 3, 3, 3), scale=2.0, shift=1.0), xp, "float64")
+    x = backend.to_device(random_array(1, (4, 3, 3, 3), 2.0) + 1.0, xp, "float64")
     bn.forward(x)
     mean, var = backend.to_numpy(bn.running_mean).copy(), backend.to_numpy(bn.running_var).copy()
     host = backend.to_numpy(x)
     np.testing.assert_allclose(mean, 0.5 * host.mean(axis=(0, 1, 2)), rtol=1e-12)
     np.testing.assert_allclose(var, 0.5 + 0.5 * host.var(axis=(0, 1, 2), ddof=1), rtol=1e-12)
     y = bn.forward(x, train=False)
-    _same(y, F.batch_norm_inference(x, bn.params["gamma"], bn.params["beta"], bn.running_mean, bn.running_var), "y")
+    assert_same(y, F.batch_norm_inference(x, bn.params["gamma"], bn.params["beta"], bn.running_mean, bn.running_var),
+                "y")
     np.testing.assert_array_equal(backend.to_numpy(bn.running_mean), mean)
     np.testing.assert_array_equal(backend.to_numpy(bn.running_var), var)
     with pytest.raises(RuntimeError, match="forward\\(x, train=True\\)"):
@@ -119,9 +114,9 @@ def test_batchnorm_state_is_loaded_and_updated_in_place(xp):
     with) sees every update and every load."""
     bn = BatchNorm(2, backend=xp, dtype="float32")
     replica = copy.copy(bn)
-    bn.forward(backend.to_device(_host(0, (5, 2), shift=3.0), xp, "float32"))
+    bn.forward(backend.to_device(random_array(0, (5, 2)) + 3.0, xp, "float32"))
     assert sorted(bn.state()) == ["running_mean", "running_var"]
-    _same(replica.running_mean, bn.running_mean, "replica sees the update")
+    assert_same(replica.running_mean, bn.running_mean, "replica sees the update")
     saved = {k: backend.to_numpy(v).copy() for k, v in bn.state().items()}
     fresh = BatchNorm(2, backend=xp, dtype="float32")
     fresh.load_state(saved)
@@ -140,7 +135,7 @@ def test_batchnorm_training_needs_two_values_per_channel():
 
 # ------------------------------------------------------------------ Dropout
 def test_dropout_training_masks_evaluation_identity_and_backward_reuse(xp):
-    x = backend.to_device(np.abs(_host(0, (64, 10, 10))) + 0.5, xp, "float32")
+    x = backend.to_device(np.abs(random_array(0, (64, 10, 10))) + 0.5, xp, "float32")
     drop = Dropout(0.5, rng=3)
     assert drop.forward(x, train=False) is x
     y1 = backend.to_numpy(drop.forward(x))
@@ -185,7 +180,7 @@ def _net(seed: int, backend_name) -> Sequential:
 def test_a_resumed_model_continues_exactly(xp, tmp_path):
     """Train, save, load into a model built with another seed: the next training forward (batch statistics
     and the dropout mask) and the evaluation outputs (running statistics) are identical."""
-    x = backend.to_device(_host(0, (6, 8, 8, 1)), xp, "float64")
+    x = backend.to_device(random_array(0, (6, 8, 8, 1)), xp, "float64")
     labels = xp.asarray(np.array([0, 1, 2, 0, 1, 2]))
     model = _net(0, xp)
     opt = Adam()
@@ -194,8 +189,8 @@ def test_a_resumed_model_continues_exactly(xp, tmp_path):
     model.save(tmp_path / "ckpt.npz")
     other = _net(1, xp)
     other.load(tmp_path / "ckpt.npz")
-    _same(other.predict(x), model.predict(x), "evaluation outputs")
-    _same(other.forward(x, train=True), model.forward(x, train=True), "next training forward")
+    assert_same(other.predict(x), model.predict(x), "evaluation outputs")
+    assert_same(other.forward(x, train=True), model.forward(x, train=True), "next training forward")
     assert other.layers[7].counter == model.layers[7].counter == 4
 
 
@@ -257,8 +252,8 @@ def test_threaded_prediction_uses_the_current_running_statistics():
     layers = [Conv2D(1, 3, 3, rng=rng, dtype="float64"), BatchNorm(3, dtype="float64"), Flatten(),
               Dense(3 * 4 * 4, 2, rng=rng, dtype="float64")]
     with Sequential(layers, execution=ChunkedExecution(threads=2, chunk_rows=4)) as model:
-        x = _host(1, (12, 6, 6, 1))
+        x = random_array(1, (12, 6, 6, 1))
         model.predict(x)                                    # makes the replicas
         for step in range(3):
-            model.train_step(_host(2 + step, (8, 6, 6, 1), shift=float(step)), np.array([0, 1] * 4), Adam())
-        _same(model.predict(x), model.forward(x, train=False), "threaded prediction")
+            model.train_step(random_array(2 + step, (8, 6, 6, 1)) + float(step), np.array([0, 1] * 4), Adam())
+        assert_same(model.predict(x), model.forward(x, train=False), "threaded prediction")
