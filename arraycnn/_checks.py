@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -57,6 +58,14 @@ def check_int(value: Any, name: str, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+def check_number(value: Any, name: str, expected: str, ok: Callable[[float], bool]) -> float:
+    """``value`` as a float when it is a real number (bools excluded) with ``ok(value)``, else a ValueError
+    ``"<name> must be <expected>, got <value>"`` (NaN fails every comparison, so every ``ok``)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not ok(value):
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return float(value)
 
 
 def int_pair(value: Any, name: str, minimum: int) -> tuple[int, int]:

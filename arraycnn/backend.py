@@ -255,8 +255,7 @@ def random_uniform(shape: tuple[int, ...], seed: int, counter: int, *, like: Arr
         generator = torch.Generator(device=device)
         generator.manual_seed(hashed)
         return torch.rand(shape, generator=generator, dtype=dtype, device=device)
-    host = _philox(seed, counter).random(shape)
-    return xp.astype(xp.asarray(host, device=device), dtype)
+    return to_device(_philox(seed, counter).random(shape), xp, dtype, device)
 
 
 # ---------------------------------------------------------------- strided window views (an ops fast path)

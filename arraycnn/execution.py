@@ -62,6 +62,18 @@ def part_loss_and_gradients(model: Any, x: Array, targets: Array, share: float) 
     # --8<-- [end:part]
 
 
+def loss_and_count(loss: Array, count: Array) -> Array:
+    """``[loss, count]`` as ONE array in the loss's dtype, so that one host read or one all-reduce moves both
+    (a count stays exact below 2**24 in float32)."""
+    xp = array_api_compat.array_namespace(loss)
+    return xp.stack([loss, xp.astype(count, loss.dtype)])
+
+
+def mixes_rows(model: Any) -> bool:
+    """Does any layer's training forward mix the rows of a batch (so the batch must not be split)?"""
+    return any(layer.mixes_rows for layer in model.layers)
+
+
 class Execution:
     """The whole batch in one piece (the default for every library but NumPy).
 
@@ -98,7 +110,7 @@ class Execution:
 
     def _sum_over_ranks(self, model: Any, x: Array, targets: Array, total: int) -> tuple[Array, Array]:
         """This rank's share-weighted part, then ONE all-reduce of its gradients, loss and count."""
-        if any(layer.mixes_rows for layer in model.layers):
+        if mixes_rows(model):
             raise ValueError("a model with a layer that mixes the rows of a batch (e.g. BatchNorm) cannot be "
                              "split over ranks exactly: each rank would use its own rows' statistics")
         xp = model.xp
@@ -106,10 +118,10 @@ class Execution:
             loss, correct = self.loss_and_gradients(model, x, targets, total)
         else:  # a last batch smaller than the number of ranks leaves this rank nothing: it adds zeros
             model.set_gradients([xp.zeros_like(p) for p in model.parameters()])
-            loss, correct = xp.zeros((), dtype=model.dtype, device=model.device), 0
-        stats = xp.stack([xp.reshape(xp.asarray(loss, dtype=model.dtype), ()),
-                          xp.astype(xp.asarray(correct, device=model.device), model.dtype)])
-        self.communicator.allreduce_sum([*model.gradients(), stats])  # counts stay exact below 2**24
+            loss = xp.zeros((), dtype=model.dtype, device=model.device)
+            correct = xp.zeros((), dtype=xp.int64, device=model.device)
+        stats = loss_and_count(loss, correct)
+        self.communicator.allreduce_sum([*model.gradients(), stats])
         return stats[0], xp.astype(stats[1], xp.int64)
 
     def predict(self, model: Any, x: Array) -> Array:
@@ -170,7 +182,7 @@ class ChunkedExecution(Execution):
 
     def loss_and_gradients(self, model: Any, x: Array, targets: Array,
                            total: int | None = None) -> tuple[Array, Array]:
-        if any(layer.mixes_rows for layer in model.layers):  # in one piece: the threads go to BLAS instead
+        if mixes_rows(model):  # in one piece: the threads go to BLAS instead
             with blas_threads(self.threads):
                 return super().loss_and_gradients(model, x, targets, total)
         n = x.shape[0]

@@ -29,8 +29,9 @@ import array_api_compat
 import numpy as np
 
 from . import functional as F
-from ._checks import check_int, int_pair
+from ._checks import check_int, check_number, int_pair
 from .backend import Array, get_namespace, host_rng, random_normal, resolve_device, resolve_dtype, to_device
+from .functional.activation import check_drop_probability
 from .functional.conv import METHODS as CONV_METHODS
 
 INITS = ("he", "tutorial")
@@ -315,11 +316,8 @@ class BatchNorm(Layer):
     ) -> None:
         super().__init__()
         self.channels = check_int(channels, "channels", 1)
-        if isinstance(momentum, bool) or not isinstance(momentum, int | float) or not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"momentum must be a number in [0, 1], got {momentum!r}")
-        if isinstance(eps, bool) or not isinstance(eps, int | float) or not eps > 0:
-            raise ValueError(f"eps must be a positive number, got {eps!r}")
-        self.momentum, self.eps = float(momentum), float(eps)
+        self.momentum = check_number(momentum, "momentum", "a number in [0, 1]", lambda v: 0.0 <= v <= 1.0)
+        self.eps = check_number(eps, "eps", "a positive number", lambda v: v > 0)
         xp = get_namespace(backend)
         dt, dev = resolve_dtype(xp, dtype), resolve_device(xp, device)
         self.params = {"gamma": xp.ones((self.channels,), dtype=dt, device=dev),
@@ -373,9 +371,7 @@ class Dropout(Layer):
 
     def __init__(self, p: float, *, rng: int | np.random.Generator = 0) -> None:
         super().__init__()
-        if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= p < 1.0:
-            raise ValueError(f"p must be a drop probability in [0, 1), got {p!r}")
-        self.p = float(p)
+        self.p = check_drop_probability(p)
         self.seed = int(host_rng(rng).integers(2**63))
         self.counter = 0
 

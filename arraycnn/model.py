@@ -29,7 +29,7 @@ from . import data
 from ._checks import check_int
 from .backend import Array, backend_name, to_device, to_numpy
 from .checkpoint import PARAM_PREFIX, STATE_PREFIX, read_npz, write_npz
-from .execution import Execution, default_execution
+from .execution import Execution, default_execution, loss_and_count
 from .functional import (
     mean_squared_error_backward,
     mean_squared_error_forward,
@@ -252,8 +252,7 @@ class Sequential:
                                  f"got {targets.min()}..{targets.max()}")
             y = self.to_device_targets(targets[start:stop])
             loss, _ = self.loss.forward(out, y)
-            both = self.xp.stack([loss * (stop - start), self.xp.astype(self.loss.correct(out, y), self.dtype)])
-            totals += to_numpy(both)
+            totals += to_numpy(loss_and_count(loss * (stop - start), self.loss.correct(out, y)))
         accuracy = totals[1] / len(targets) if self.loss.classifies else None
         return float(totals[0]) / len(targets), accuracy
 

@@ -46,6 +46,7 @@ from ._checks import check_int
 from .backend import to_numpy
 from .checkpoint import OPTIM_PREFIX, read_npz, write_npz
 from .distributed import Communicator, StopRequested
+from .execution import loss_and_count
 from .model import Sequential
 
 TRAINING_KEYS = ("epoch", "seed", "history", "optimizer")
@@ -280,11 +281,11 @@ def _run_epoch(model: Sequential, dataset: data.Dataset, optimizer: Any, epoch: 
                 raise StopRequested(f"Ctrl-C on a rank: every rank stops after batch {i}/{total}")
             progress.advance()
             if progress.due(i):
-                loss_total, right_total = _read_sums(xp, loss_sum, correct)
+                loss_total, right_total = _read_sums(loss_sum, correct)
                 running = loss_total / seen
                 _check_loss(running, limit, epoch + 1, plan, f"by batch {i}/{total}")
                 progress.show(i, running, right_total / seen)
-        loss_total, right_total = _read_sums(xp, loss_sum, correct)
+        loss_total, right_total = _read_sums(loss_sum, correct)
         train_loss, train_acc = loss_total / n, right_total / n
     finally:
         progress.close()
@@ -299,10 +300,9 @@ def _run_epoch(model: Sequential, dataset: data.Dataset, optimizer: Any, epoch: 
             "test_acc": test_acc, "seconds": seconds, "images_per_second": n / seconds}
 
 
-def _read_sums(xp: Any, loss_sum: Any, correct: Any) -> tuple[float, int]:
-    """The running loss sum and correct count in ONE host read (the count travels in the loss's dtype,
-    exact below 2**24 images in float32)."""
-    both = to_numpy(xp.stack([loss_sum, xp.astype(correct, loss_sum.dtype)]))
+def _read_sums(loss_sum: Any, correct: Any) -> tuple[float, int]:
+    """The running loss sum and correct count in ONE host read."""
+    both = to_numpy(loss_and_count(loss_sum, correct))
     return float(both[0]), round(float(both[1]))
 
 

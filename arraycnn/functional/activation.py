@@ -6,7 +6,7 @@ from typing import Any
 
 import array_api_compat
 
-from .._checks import check_float, check_int, namespace_of
+from .._checks import check_float, check_int, check_number, namespace_of
 from ..backend import random_uniform
 
 Array = Any
@@ -72,6 +72,11 @@ def sigmoid_backward(dy: Array, cache: Array) -> Array:
     # --8<-- [end:sigmoid_backward]
 
 
+def check_drop_probability(p: Any) -> float:
+    """``p`` as a float in ``[0, 1)``, else a ValueError naming it (dropout and its layer share this check)."""
+    return check_number(p, "p", "a drop probability in [0, 1)", lambda v: 0.0 <= v < 1.0)
+
+
 def dropout_forward(x: Array, p: float, seed: int = 0, counter: int = 0) -> tuple[Array, Array]:
     """Inverted dropout: ``y = x · m`` with ``m = [u >= p] / (1 - p)``, ``u ~ U[0, 1)`` drawn on ``x``'s device.
 
@@ -82,8 +87,7 @@ def dropout_forward(x: Array, p: float, seed: int = 0, counter: int = 0) -> tupl
     """
     xp = namespace_of(x=x)
     check_float(x, "x", xp)
-    if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= p < 1.0:
-        raise ValueError(f"p must be a drop probability in [0, 1), got {p!r}")
+    check_drop_probability(p)
     check_int(seed, "seed", 0)
     check_int(counter, "counter", 0)
     # --8<-- [start:dropout_forward]

@@ -21,7 +21,7 @@ from typing import Any
 
 import array_api_compat
 
-from .._checks import check_float, check_same_dtype, namespace_of
+from .._checks import check_float, check_number, check_same_dtype, namespace_of
 
 Array = Any
 
@@ -52,8 +52,7 @@ def _check(x: Array, gamma: Array, beta: Array, eps: float, **stats: Array) -> A
             raise ValueError(f"{name} must have shape (C,) = ({c},) for x of shape {tuple(x.shape)}, "
                              f"got {tuple(a.shape)}")
     check_same_dtype(xp, x=x, gamma=gamma, beta=beta, **stats)
-    if not (isinstance(eps, int | float) and not isinstance(eps, bool) and eps > 0):
-        raise ValueError(f"eps must be a positive number, got {eps!r}")
+    check_number(eps, "eps", "a positive number", lambda v: v > 0)
     return xp
 
 
