@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import EXAMPLES, run_example
 
 from arraycnn.distributed import Communicator, DistributedUnavailableError, get_communicator
 
@@ -184,14 +185,14 @@ def test_ctrl_c_on_one_rank_stops_every_rank_after_the_same_step():
 
 # --------------------------------------------------------------------------- examples/mnist.py --distributed
 
-EXAMPLE = HERE.parent / "examples" / "mnist.py"
+EXAMPLE = EXAMPLES / "mnist.py"
 # 200 training images at global batch 64: three full batches and an uneven last one of 8 rows
 TINY = ("--train-size", "200", "--test-size", "100", "--dtype", "float64", "--batch-size", "64", "--seed", "3")
 
 
 def example_alone(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(EXAMPLE), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=JOB_TIMEOUT_S, env={**os.environ, "ARRAYCNN_THREADS": "1", **(env or {})})
+    """examples/mnist.py in one process, one thread: what the ranks are compared with."""
+    return run_example("mnist.py", cwd, *args, env={"ARRAYCNN_THREADS": "1", **(env or {})}, timeout=JOB_TIMEOUT_S)
 
 
 def history(path: Path) -> list[dict]:

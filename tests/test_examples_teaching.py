@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import base64
 import importlib.util
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import EXAMPLES, run_example
 
 pytest.importorskip("matplotlib")
 from matplotlib.image import imread
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 # the tutorial's pictures, in the order it draws them
 PICTURES = ("digit", "edges", "relu_and_pooling", "history", "filters", "feature_maps", "confusion_matrix",
             "misclassified")
@@ -24,8 +22,7 @@ HAS_TF = importlib.util.find_spec("tensorflow") is not None
 
 def run(script: str, *args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run an example as a user would, in ``cwd``; returns the finished process, fails with its output otherwise."""
-    proc = subprocess.run([sys.executable, str(EXAMPLES / script), *args], cwd=cwd, env={**os.environ, **(env or {})},
-                          capture_output=True, text=True, timeout=600)
+    proc = run_example(script, cwd, *args, env=env)
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc
 

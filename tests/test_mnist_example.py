@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import math
 import os
@@ -15,16 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import EXAMPLES, run_example
 
 from arraycnn.checkpoint import read_npz
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "mnist.py"
+EXAMPLE = EXAMPLES / "mnist.py"
 TINY = ["--source", "bundled", "--train-size", "200", "--test-size", "100", "--batch-size", "50"]
-
-
-def example(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(EXAMPLE), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600)
+example = functools.partial(run_example, "mnist.py")  # example(cwd, *args)
 
 
 def scores(metrics: dict) -> list[tuple]:

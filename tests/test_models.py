@@ -4,21 +4,17 @@ PyTorch twins (benchmarks/accuracy_models.py) and the two commands that train th
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import array_api_compat
 import numpy as np
 import pytest
-from conftest import TOLERANCES
+from conftest import TOLERANCES, run_example
 
 from arraycnn import backend, data
 from arraycnn.layers import BatchNorm, Dropout
 from arraycnn.models import conv_autoencoder, vgg_digits
 from arraycnn.optim import SGD, Adam
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TINY = ["--source", "bundled", "--train-size", "200", "--test-size", "100", "--batch-size", "50"]
 
 
@@ -309,28 +305,25 @@ def test_summary_row_compares_the_medians_of_the_seeds_both_engines_finished():
 # --------------------------------------------------------------------------- the commands
 
 
-def run_example(script: str, cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(EXAMPLES / script), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
-
-
 @pytest.mark.slow
 def test_mnist_example_trains_vgg_digits(tmp_path):
-    result = run_example("mnist.py", tmp_path, *TINY, "--model", "vgg", "--epochs", "1", "--metrics-json", "m.json")
+    result = run_example("mnist.py", tmp_path, *TINY, "--model", "vgg", "--epochs", "1", "--metrics-json", "m.json",
+                         timeout=300)
     assert result.returncode == 0, result.stderr
     assert "a VGG-style CNN on mnist" in result.stdout and "218,682 parameters" in result.stdout
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["model"] == "vgg" and metrics["status"] == "completed" and len(metrics["history"]) == 1
     assert f"final test accuracy {metrics['final_test_accuracy']:.2%} on 100 test images" in result.stdout
 
-    bad = run_example("mnist.py", tmp_path, *TINY, "--model", "vgg", "--conv-method", "toeplitz", "--epochs", "1")
+    bad = run_example("mnist.py", tmp_path, *TINY, "--model", "vgg", "--conv-method", "toeplitz", "--epochs", "1",
+                      timeout=300)
     assert bad.returncode == 2 and "--model vgg uses im2col" in bad.stderr
 
 
 @pytest.mark.slow
 def test_autoencoder_example(tmp_path):
     result = run_example("autoencoder.py", tmp_path, *TINY, "--epochs", "2", "--plot", "r.png",
-                         "--metrics-json", "m.json")
+                         "--metrics-json", "m.json", timeout=300)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "a convolutional autoencoder on mnist" in out and "9,569 parameters" in out
@@ -351,6 +344,6 @@ def test_autoencoder_example(tmp_path):
 @pytest.mark.parametrize(("args", "message"), [(["--lr", "nan"], "argument --lr: must be a finite number > 0"),
                                                (["--batch-size", "0"], "argument --batch-size: must be >= 1")])
 def test_autoencoder_example_refuses_bad_arguments(tmp_path, args, message):
-    result = run_example("autoencoder.py", tmp_path, *args, "--metrics-json", "m.json")
+    result = run_example("autoencoder.py", tmp_path, *args, "--metrics-json", "m.json", timeout=300)
     assert result.returncode == 2 and message in result.stderr
     assert "epoch" not in result.stdout and not (tmp_path / "m.json").exists()
