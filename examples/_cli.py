@@ -6,8 +6,10 @@ import argparse
 import math
 from collections.abc import Callable
 
+from arraycnn import data
 from arraycnn.backend import KNOWN_BACKENDS
 
+EXIT_DIVERGED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 SOURCE_HELP = ("auto: IDX files in --data-dir, else tensorflow-datasets (prepared, or a download when online), "
                "else the 5,000 bundled digits (mnist only)")
 
@@ -21,6 +23,20 @@ def add_placement_arguments(p: argparse.ArgumentParser) -> None:
                    help="where the model lives, as its library names devices: a CUDA device id for cupy (0, 1), "
                         "a device string for torch (cpu, cuda:1), a device name for array_api_strict (device1); "
                         "default: the library's default device")
+
+
+def add_data_arguments(p: argparse.ArgumentParser, resumable: bool = False) -> None:
+    """``--dataset``, ``--source``, ``--data-dir``, ``--train-size``, ``--test-size``. ``resumable``: no
+    defaults (None: the example resolves them, e.g. from a checkpoint) and each help marked ``*``."""
+    mark = "* " if resumable else ""
+    p.add_argument("--dataset", default=None if resumable else "mnist", choices=data.NAMES,
+                   help=f"{mark}default mnist")
+    p.add_argument("--source", default=None if resumable else "auto", choices=data.SOURCES,
+                   help=f"{mark}default {SOURCE_HELP}")
+    p.add_argument("--data-dir", help=f"{mark}an IDX directory or the tensorflow-datasets data dir")
+    p.add_argument("--train-size", type=int_at_least(1), help=f"{mark}a stratified subset of the training set; "
+                                                              "default all")
+    p.add_argument("--test-size", type=int_at_least(1), help=f"{mark}a stratified subset of the test set; default all")
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:

@@ -24,7 +24,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _cli import SOURCE_HELP, add_placement_arguments, int_at_least, learning_rate
+from _cli import (
+    EXIT_DIVERGED,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    add_data_arguments,
+    add_placement_arguments,
+    int_at_least,
+    learning_rate,
+)
 
 import arraycnn
 from arraycnn import data
@@ -36,7 +44,6 @@ DEFAULT_EPOCHS = 10
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_LR = 1e-3
 SHOW_RECONSTRUCTIONS = 10
-EXIT_DIVERGED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,11 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0],
         epilog="Exit status: 0 done, 1 diverged (NaN/inf loss), 2 bad arguments/data, 130 Ctrl-C.")
     add_placement_arguments(p)
-    p.add_argument("--dataset", default="mnist", choices=data.NAMES, help="default mnist")
-    p.add_argument("--source", default="auto", choices=data.SOURCES, help=f"default {SOURCE_HELP}")
-    p.add_argument("--data-dir", help="an IDX directory or the tensorflow-datasets data dir")
-    p.add_argument("--train-size", type=int_at_least(1), help="a stratified subset of the training set; default all")
-    p.add_argument("--test-size", type=int_at_least(1), help="a stratified subset of the test set; default all")
+    add_data_arguments(p)
     p.add_argument("--epochs", type=int_at_least(0), default=DEFAULT_EPOCHS, help=f"default {DEFAULT_EPOCHS}")
     p.add_argument("--batch-size", type=int_at_least(1), default=DEFAULT_BATCH_SIZE,
                    help=f"default {DEFAULT_BATCH_SIZE}")

@@ -39,7 +39,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _cli import SOURCE_HELP, add_placement_arguments, int_at_least, learning_rate
+from _cli import (
+    EXIT_DIVERGED,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    add_data_arguments,
+    add_placement_arguments,
+    int_at_least,
+    learning_rate,
+)
 
 import arraycnn
 from arraycnn import data
@@ -70,7 +78,6 @@ MODELS = {
 DEFAULT_LR = {"adam": 1e-3, "sgd": 0.05}
 SGD_MOMENTUM = 0.9
 SHOW_PREDICTIONS = 10
-EXIT_DIVERGED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -80,9 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         epilog="Settings marked * are taken from the checkpoint on --resume unless given. "
                "Exit status: 0 done, 1 diverged (NaN/inf loss), 2 bad arguments/data/checkpoint, 130 Ctrl-C.")
     add_placement_arguments(p)
-    p.add_argument("--dataset", choices=data.NAMES, help="* default mnist")
-    p.add_argument("--source", choices=data.SOURCES, help=f"* default {SOURCE_HELP}")
-    p.add_argument("--data-dir", help="* an IDX directory or the tensorflow-datasets data dir")
+    add_data_arguments(p, resumable=True)
     p.add_argument("--epochs", type=int_at_least(0), default=DEFAULT_EPOCHS,
                    help=f"the TOTAL number of epochs, also on --resume (0: evaluate the untrained network); "
                         f"default {DEFAULT_EPOCHS}")
@@ -96,8 +101,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="* seeds the weights, the data split and every epoch's order; default 0")
     p.add_argument("--model", choices=tuple(MODELS), help="* the tutorial's network or vgg_digits; default tutorial")
     p.add_argument("--conv-method", choices=("im2col", "toeplitz"), help="* default im2col (toeplitz: tutorial only)")
-    p.add_argument("--train-size", type=int_at_least(1), help="* a stratified subset of the training set; default all")
-    p.add_argument("--test-size", type=int_at_least(1), help="* a stratified subset of the test set; default all")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction,
                    help=f"* random shifts of up to {data.AUGMENT_MAX_SHIFT} pixels; default on")
     p.add_argument("--plot", type=Path, metavar="PATH", help="write loss and accuracy curves to this PNG")
