@@ -89,6 +89,21 @@ def rounded(host: np.ndarray, dtype: str) -> np.ndarray:
     return host.astype(dtype).astype(np.float64)
 
 
+def assert_input_grad_false_skips_only_dx(backward, dy, cache) -> None:
+    """``backward(dy, cache, input_grad=False)`` returns ``None`` for dx and, bit for bit, the same parameter
+    gradients as the full backward."""
+    _, *grads = backward(dy, cache)
+    none, *grads_without_dx = backward(dy, cache, input_grad=False)
+    assert none is None
+    for g_without_dx, g in zip(grads_without_dx, grads, strict=True):
+        np.testing.assert_array_equal(backend.to_numpy(g_without_dx), backend.to_numpy(g))
+
+
+def epoch_figures(history: list[dict]) -> list[tuple[float, float, float, float]]:
+    """Each epoch's ``(train_loss, train_acc, test_loss, test_acc)`` from a ``fit`` history."""
+    return [(r["train_loss"], r["train_acc"], r["test_loss"], r["test_acc"]) for r in history]
+
+
 def run_example(script: str, cwd: Path, *args: str, env: dict[str, str] | None = None,
                 timeout: float = 600) -> subprocess.CompletedProcess:
     """``python examples/<script> args`` in ``cwd``, as a user runs it, with ``env`` added to the environment:

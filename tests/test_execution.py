@@ -6,7 +6,7 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import TOLERANCES
+from conftest import TOLERANCES, epoch_figures
 
 import arraycnn
 from arraycnn import backend, data
@@ -33,10 +33,6 @@ def train(ds, execution=None, dtype="float32", epochs=2):
         return history, np.concatenate([np.ravel(p) for p in model.parameters()])
 
 
-def records(history):
-    return [(r["train_loss"], r["train_acc"], r["test_loss"], r["test_acc"]) for r in history]
-
-
 def test_any_number_of_threads_gives_bitwise_the_same_run(small, monkeypatch):
     runs = {}
     for threads in (1, 2, 3, 4):
@@ -44,7 +40,7 @@ def test_any_number_of_threads_gives_bitwise_the_same_run(small, monkeypatch):
         assert default_threads() == threads
         runs[threads] = train(small)  # the model's default execution reads ARRAYCNN_THREADS
     for threads in (2, 3, 4):
-        assert records(runs[threads][0]) == records(runs[1][0]), f"{threads} threads"
+        assert epoch_figures(runs[threads][0]) == epoch_figures(runs[1][0]), f"{threads} threads"
         np.testing.assert_array_equal(runs[threads][1], runs[1][1], err_msg=f"{threads} threads")
 
 
@@ -52,7 +48,7 @@ def test_chunks_give_the_whole_batch_gradients(small):
     """Chunked (share-weighted parts) and in one piece agree to float64 rounding: the derivation in execution."""
     (whole, p_whole), (chunked, p_chunked) = (train(small, ex, "float64") for ex in (Execution(), ChunkedExecution(2)))
     tol = TOLERANCES["float64"]
-    tol.assert_close(np.array(records(chunked)), np.array(records(whole)), "per-epoch figures")
+    tol.assert_close(np.array(epoch_figures(chunked)), np.array(epoch_figures(whole)), "per-epoch figures")
     tol.assert_close(p_chunked, p_whole, "parameters")
 
 

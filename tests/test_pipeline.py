@@ -15,7 +15,7 @@ from pathlib import Path
 import array_api_compat
 import numpy as np
 import pytest
-from conftest import TOLERANCES
+from conftest import TOLERANCES, epoch_figures
 
 import arraycnn
 from arraycnn import backend, data
@@ -51,10 +51,6 @@ def fit_run(ds, xp, device, epochs=EPOCHS, **kwargs):
     return model, opt, history
 
 
-def figures(history):
-    return np.array([(r["train_loss"], r["train_acc"], r["test_loss"], r["test_acc"]) for r in history])
-
-
 @pytest.fixture(scope="module")
 def numpy_run(tiny):
     return fit_run(tiny, backend.get_namespace("numpy"), None)
@@ -66,7 +62,8 @@ def test_training_stays_on_the_device_and_matches_numpy(place, tiny, numpy_run, 
     if device is not None:
         assert model.device == device
     assert all(array_api_compat.device(p) == model.device for p in model.parameters())
-    TOLERANCES["float64"].assert_close(figures(history), figures(numpy_run[2]), "per-epoch loss and accuracy")
+    TOLERANCES["float64"].assert_close(np.array(epoch_figures(history)), np.array(epoch_figures(numpy_run[2])),
+                                       "per-epoch loss and accuracy")
     x = model.to_device_inputs(tiny.test_images[:7])
     logits = model.predict(x)
     assert array_api_compat.device(logits) == model.device and tuple(logits.shape) == (7, 10)
@@ -83,7 +80,7 @@ def test_training_stays_on_the_device_and_matches_numpy(place, tiny, numpy_run, 
     state = load_training_state(tmp_path / "one.npz", fresh, fresh_opt)
     resumed = arraycnn.fit(fresh, tiny, fresh_opt, epochs=EPOCHS, batch_size=BATCH, seed=0, augment=True,
                            start_epoch=state.epoch, history=state.history, progress=False, log=lambda line: None)
-    np.testing.assert_array_equal(figures(resumed), figures(history))
+    np.testing.assert_array_equal(epoch_figures(resumed), epoch_figures(history))
     assert all(array_api_compat.device(p) == fresh.device for p in fresh.parameters())
 
 

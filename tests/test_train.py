@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import epoch_figures
 
 from arraycnn import backend, data
 from arraycnn.checkpoint import read_npz
@@ -31,10 +32,6 @@ def run(ds, epochs, *, backend_name="numpy", seed=0, augment=True, **kwargs):
     return model, opt, history
 
 
-def losses(history):
-    return [(r["train_loss"], r["train_acc"], r["test_loss"], r["test_acc"]) for r in history]
-
-
 def test_history_records_and_log_lines(tiny):
     lines = []
     model, opt = tutorial_cnn(), Adam()
@@ -52,7 +49,7 @@ def test_history_records_and_log_lines(tiny):
 
 
 def test_same_seed_same_losses_and_another_seed_differs(tiny):
-    a, b, c = (losses(run(tiny, 2, seed=s)[2]) for s in (0, 0, 1))
+    a, b, c = (epoch_figures(run(tiny, 2, seed=s)[2]) for s in (0, 0, 1))
     assert a == b
     assert a != c
 
@@ -69,7 +66,7 @@ def test_resume_equals_uninterrupted_bitwise(tiny, tmp_path):
     resumed = fit(model, tiny, opt, epochs=3, batch_size=BATCH, seed=state.seed, augment=True,
                   start_epoch=state.epoch, history=state.history, progress=False, log=lambda line: None)
     assert [r["epoch"] for r in resumed] == [1, 2, 3]
-    assert losses(resumed) == losses(straight)
+    assert epoch_figures(resumed) == epoch_figures(straight)
     for (name, a), b in zip(straight_model.named_parameters(), model.parameters(), strict=True):
         np.testing.assert_array_equal(b, a, err_msg=name)
     for key, value in straight_opt.state_dict().items():
@@ -144,7 +141,7 @@ def test_ctrl_c_saves_the_last_completed_epoch_and_resumes_exactly(tiny, tmp_pat
     assert state.epoch == 1
     resumed = fit(fresh, tiny, fresh_opt, epochs=2, batch_size=BATCH, seed=0, augment=True, start_epoch=1,
                   history=state.history, progress=False, log=lambda line: None)
-    assert losses(resumed) == losses(straight)
+    assert epoch_figures(resumed) == epoch_figures(straight)
 
 
 def test_ctrl_c_in_the_first_epoch_saves_the_starting_state(tiny, tmp_path, monkeypatch):
@@ -178,7 +175,7 @@ def test_array_api_strict_runs_one_epoch_like_numpy(tiny):
     strict_model, _, strict = run(tiny, 1, backend_name="array_api_strict")
     assert strict_model.xp is backend.get_namespace("array_api_strict")
     _, _, ref = run(tiny, 1)
-    np.testing.assert_allclose(np.array(losses(strict)), np.array(losses(ref)), rtol=1e-4)
+    np.testing.assert_allclose(np.array(epoch_figures(strict)), np.array(epoch_figures(ref)), rtol=1e-4)
 
 
 @pytest.mark.slow
