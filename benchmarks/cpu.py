@@ -401,7 +401,7 @@ def run(args: argparse.Namespace) -> str:
         "date": common.today(),
         "machine": common.machine_line(),
         "cpu": f"{common.cpu_model()} (model name in /proc/cpuinfo)",
-        "ops": opcount.summary_line(opcount.count_train_step(), batch_size=32),
+        "ops": opcount.train_step_line(),
         "load": f"{load_before} before the run, {common.load_average()} after",
         "versions": common.versions(modules),
         "threads": f"{args.threads} for every engine (env {', '.join(common.THREAD_ENV_VARS)}; "

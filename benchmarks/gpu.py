@@ -306,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results["parity"] = parity(backend, device)
     for check in results["parity"]:
         print("  " + check.line(), flush=True)
-    results["ops"] = opcount.summary_line(opcount.count_train_step(backend), batch_size=32)
+    results["ops"] = opcount.train_step_line(backend)
     d = peers.load_data(args.data_dir, synthetic=args.dry_run)
     if args.dry_run:  # a few batches stand in for the epoch
         d = peers.BenchData(d.train_images[:256], d.train_labels[:256], d.test_images, d.test_labels,

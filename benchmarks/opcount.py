@@ -403,6 +403,11 @@ def summary_line(ops: OpCounts, batch_size: int) -> str:
             f"{t[HOST_READ]} host reads: {low:.1f}-{high:.1f} ms of launches at {LAUNCH_US[0]}-{LAUNCH_US[1]} µs each")
 
 
+def train_step_line(backend: str = "numpy", batch_size: int = 32) -> str:
+    """:func:`summary_line` of :func:`count_train_step` at ``batch_size``: the line the CPU and GPU reports print."""
+    return summary_line(count_train_step(backend, batch_size), batch_size)
+
+
 def report(step: OpCounts, adopted: OpCounts, evaluate: OpCounts, fitted: OpCounts, backend: str,
            batch_size: int, eval_batches: int) -> str:
     """Markdown: totals, ops per piece of the step, kernels per function, host reads of ``evaluate``."""
