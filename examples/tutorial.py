@@ -57,16 +57,16 @@ from arraycnn.plot import save_training_plots
 from arraycnn.train import fit
 
 DEFAULT_OUT = os.environ.get("ARRAYCNN_TUTORIAL_OUT", "tutorial_out")
+IN_NOTEBOOK = "ipykernel" in sys.modules
 parser = argparse.ArgumentParser(description="The TensorFlow CNN tutorial, answered by arraycnn")
 parser.add_argument("--out-dir", type=Path, default=Path(DEFAULT_OUT),
                     help=f"where the pictures (PNG) are written; default {DEFAULT_OUT} (the environment variable "
                          "ARRAYCNN_TUTORIAL_OUT sets it, e.g. for a notebook)")
 parser.add_argument("--epochs", type=int, default=3, help="epochs of the small training run at the end; default 3")
 # a notebook kernel runs with arguments of its own (-f connection-file): there the defaults hold
-args, _ = parser.parse_known_args(None if "ipykernel" not in sys.modules else [])
+args, _ = parser.parse_known_args([] if IN_NOTEBOOK else None)
 OUT = args.out_dir
 OUT.mkdir(parents=True, exist_ok=True)
-IN_NOTEBOOK = "ipykernel" in sys.modules
 
 
 def display_png(path: Path) -> None:
