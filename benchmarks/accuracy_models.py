@@ -40,10 +40,10 @@ from typing import Any
 import numpy as np
 
 from benchmarks import common
-from benchmarks.accuracy import load_runs, save_runs
+from benchmarks.accuracy import RESULTS_PATH, load_runs, save_runs
 from benchmarks.peers import ADAM_EPS, LR
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+RESULTS_DIR = RESULTS_PATH.parent
 ENGINES = {"arraycnn": "arraycnn (NumPy)", "torch": "PyTorch"}
 MARKER = "accuracy-models-table"
 MAX_POINTS = 0.3  # issue 12: vgg_digits within 0.3 points of PyTorch's median test accuracy
