@@ -26,7 +26,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import DOCS_PATH, OtherWork, load_average, machine_line, markdown_table, publish, today
+from benchmarks.common import (
+    DOCS_PATH,
+    THREAD_ENV_VARS,
+    OtherWork,
+    load_average,
+    machine_line,
+    markdown_table,
+    publish,
+    today,
+)
 
 BATCH = 64
 CONFIGS = ((1, 1), (1, 2), (2, 1))  # (ranks, threads per rank) on a 2-core machine
@@ -54,8 +63,8 @@ def _timed(obj: Any, name: str, totals: dict[str, float]) -> None:
 
 def worker(args: argparse.Namespace) -> None:
     from arraycnn import data
-    from arraycnn.backend import get_namespace
-    from arraycnn.distributed import _pack, _unpack, get_communicator
+    from arraycnn.backend import get_namespace, pack, unpack_into
+    from arraycnn.distributed import get_communicator
     from arraycnn.execution import default_execution
     from arraycnn.models import tutorial_cnn
     from arraycnn.optim import Adam
@@ -84,11 +93,11 @@ def worker(args: argparse.Namespace) -> None:
         start = time.perf_counter()
         comm.allreduce_sum(grads)
         per_call.append(time.perf_counter() - start)
-    pack = []
+    packing = []
     for _ in range(args.calls):
         start = time.perf_counter()
-        _unpack(_pack(grads, xp), grads, xp)
-        pack.append(time.perf_counter() - start)
+        unpack_into(pack(grads, xp), grads, xp)
+        packing.append(time.perf_counter() - start)
 
     compute = {}
     if comm.size == 1:  # a step's compute at the rows per rank of a global batch of 64 on 8 and 64 ranks
@@ -110,7 +119,7 @@ def worker(args: argparse.Namespace) -> None:
         "ranks": comm.size, "threads": getattr(model.execution, "threads", 1), "dataset": ds.description,
         "train_size": len(ds.train_labels), "epoch_seconds": record["seconds"], "steps": steps,
         "allreduce_in_epoch_s": totals["allreduce_sum"], "stop_votes_in_epoch_s": totals["stop_requested"],
-        "allreduce_alone_s": statistics.median(per_call), "pack_unpack_s": statistics.median(pack),
+        "allreduce_alone_s": statistics.median(per_call), "pack_unpack_s": statistics.median(packing),
         "gradient_bytes": int(sum(g.size * g.itemsize for g in grads)), "compute_s_at_rows": compute,
         "test_acc": record["test_acc"], "calls": args.calls, "compute_rounds": args.compute_rounds,
     }
@@ -130,8 +139,7 @@ def run_config(ranks: int, threads: int, args: argparse.Namespace) -> dict[str, 
                str(args.compute_rounds)]
         if args.train_size:
             cmd += ["--train-size", str(args.train_size)]
-        env = {**os.environ, "ARRAYCNN_THREADS": str(threads), "OMP_NUM_THREADS": "1",
-               "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        env = {**os.environ, **dict.fromkeys(THREAD_ENV_VARS, "1"), "ARRAYCNN_THREADS": str(threads)}
         others = OtherWork()
         start = time.perf_counter()
         subprocess.run(cmd, check=True, env=env, cwd=Path(__file__).resolve().parents[1])
