@@ -21,6 +21,8 @@ How a step is carried out (threads, chunks, ranks) is not this module's business
 from __future__ import annotations
 
 import importlib
+import math
+from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
@@ -115,6 +117,21 @@ def slices_are_views(xp: ModuleType) -> bool:
     writing into one is seen through the other (NumPy, CuPy, PyTorch). The standard leaves it unspecified
     (array-api-strict): there, code must write results back explicitly."""
     return backend_name(xp) in ("numpy", "cupy", "torch")
+
+
+def pack(arrays: Sequence[Array], xp: ModuleType) -> Array:
+    """``arrays`` flattened and concatenated, in order: ONE ``(total,)`` array on their device (one op). The
+    flat buffer that an all-reduce (:mod:`arraycnn.distributed`) and a fused optimizer step work on."""
+    return xp.concat([xp.reshape(a, (-1,)) for a in arrays])
+
+
+def unpack_into(flat: Array, arrays: Sequence[Array], xp: ModuleType) -> None:
+    """Write ``flat`` back into ``arrays`` in place: the inverse of :func:`pack`."""
+    offset = 0
+    for a in arrays:
+        n = math.prod(a.shape)
+        a[...] = xp.reshape(flat[offset:offset + n], a.shape)
+        offset += n
 
 
 def resolve_dtype(xp: ModuleType, dtype: str | Any = DEFAULT_DTYPE) -> Any:

@@ -43,7 +43,7 @@ from typing import Any, NoReturn
 import array_api_compat
 import numpy as np
 
-from .backend import Array, to_device, to_numpy
+from .backend import Array, pack, to_device, to_numpy, unpack_into
 
 #: Launcher variables that tell how many ranks ``mpiexec``/``srun`` started (MPICH/Intel MPI/PMI-2,
 #: Open MPI, MVAPICH2, Slurm's ``srun``).
@@ -98,20 +98,6 @@ def _check_arrays(arrays: Sequence[Array], name: str = "arrays") -> tuple[Any, A
     return xp, dtype
 
 
-def _pack(arrays: Sequence[Array], xp: Any) -> Array:
-    """One flat buffer holding every array's elements, in order (on the arrays' device)."""
-    return xp.concat([xp.reshape(a, (-1,)) for a in arrays])
-
-
-def _unpack(flat: Array, arrays: Sequence[Array], xp: Any) -> None:
-    """Write the flat buffer back into ``arrays`` in place (the inverse of :func:`_pack`)."""
-    offset = 0
-    for a in arrays:
-        n = int(np.prod(a.shape))
-        a[...] = xp.reshape(flat[offset:offset + n], a.shape)
-        offset += n
-
-
 class Communicator:
     """One process (the default): ``rank`` 0 of ``size`` 1, and every collective leaves its input as it is.
 
@@ -154,16 +140,16 @@ class Communicator:
         """
         xp, _ = _check_arrays(arrays)
         if self.size > 1:
-            flat = self._allreduce_flat(_pack(arrays, xp))
-            _unpack(flat, arrays, xp)
+            flat = self._allreduce_flat(pack(arrays, xp))
+            unpack_into(flat, arrays, xp)
 
     def broadcast(self, arrays: Sequence[Array], root: int = 0) -> None:
         """Overwrite every rank's arrays with rank ``root``'s, in place (one flat buffer, as above)."""
         xp, _ = _check_arrays(arrays)
         self._check_root(root)
         if self.size > 1:
-            flat = self._broadcast_flat(_pack(arrays, xp), root)
-            _unpack(flat, arrays, xp)
+            flat = self._broadcast_flat(pack(arrays, xp), root)
+            unpack_into(flat, arrays, xp)
 
     # -- host collectives -------------------------------------------------------------------------------
     def allreduce_scalars(self, values: Sequence[float]) -> list[float]:
@@ -271,11 +257,11 @@ class MPICommunicator(Communicator):
         if self.size == 1:
             return
         flag = xp.full((1,), 1.0 if self._interrupted else 0.0, dtype=dtype, device=array_api_compat.device(arrays[0]))
-        flat = _pack([*arrays, flag], xp)  # the stop vote rides as one more element
+        flat = pack([*arrays, flag], xp)  # the stop vote rides as one more element
         host = self._to_host(flat)
         self._comm.Allreduce(self._MPI.IN_PLACE, host, op=self._MPI.SUM)
         self._vote = bool(host[-1] > 0)
-        _unpack(self._from_host(host, flat), arrays, xp)
+        unpack_into(self._from_host(host, flat), arrays, xp)
 
     def _allreduce_flat(self, flat: Array) -> Array:
         host = self._to_host(flat)

@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import array_api_compat
 import numpy as np
 
-from arraycnn.backend import Array, slices_are_views, to_device, to_numpy
+from arraycnn.backend import Array, pack, slices_are_views, to_device, to_numpy, unpack_into
 
 __all__ = ["SGD", "Adam", "Optimizer"]
 
@@ -98,14 +98,13 @@ class Optimizer:
                     self._update_one(i, p, g, xp)
             return
         # --8<-- [start:flat_step]
-        g = self._pack(grads, xp)                       # one (total,) gradient
+        g = pack(grads, xp)                       # one (total,) gradient
         if self._adopted(params):                       # the parameters are views of self._flat
             self._update(self._flat, g, self._state, xp)
         else:                                           # gather, update, scatter back
-            p = self._pack(params, xp)
+            p = pack(params, xp)
             self._update(p, g, self._state, xp)
-            for param, (lo, hi) in zip(params, self._bounds, strict=True):
-                param[...] = xp.reshape(p[lo:hi], param.shape)
+            unpack_into(p, params, xp)
         # --8<-- [end:flat_step]
 
     def adopt(self, params: Sequence[Array]) -> list[Array]:
@@ -124,7 +123,7 @@ class Optimizer:
             self._check_shapes(params)
         else:
             self._set_layout(params)
-        flat = self._pack(params, xp)
+        flat = pack(params, xp)
         self._flat = flat
         self._views = [xp.reshape(flat[lo:hi], shape) for (lo, hi), shape in zip(self._bounds, self._shapes,
                                                                                   strict=True)]
@@ -246,11 +245,6 @@ class Optimizer:
     def _adopted(self, params: Sequence[Array]) -> bool:
         """Are ``params`` exactly the views :meth:`adopt` returned (so ``self._flat`` holds their values)?"""
         return bool(self._views) and all(p is v for p, v in zip(params, self._views, strict=True))
-
-    @staticmethod
-    def _pack(arrays: Sequence[Array], xp: ModuleType) -> Array:
-        """``arrays`` flattened and concatenated: one ``(total,)`` array (one op)."""
-        return xp.concat([xp.reshape(a, (-1,)) for a in arrays])
 
     def _update_one(self, i: int, p: Array, g: Array, xp: ModuleType) -> None:
         """The update of parameter ``i`` alone, on its segment of the flat state."""
