@@ -235,8 +235,9 @@ class Sequential:
         """``(mean loss, accuracy)`` on host uint8 images ``(N, ...)`` and host targets (class ids ``(N,)``, or
         what the loss compares the outputs with); accuracy is None for a loss that does not classify.
 
-        Each batch crosses to the device once; one array (its loss sum and correct count) comes back.
-        Class ids are checked on the host, never on the device.
+        Each batch crosses to the device once (targets that ARE the images, an autoencoder's, are not sent
+        again); one array (its loss sum and correct count) comes back. Class ids are checked on the host,
+        never on the device.
         """
         if not isinstance(images, np.ndarray) or not isinstance(targets, np.ndarray) or len(images) != len(targets):
             raise ValueError("images and targets must be NumPy arrays of the same length (N, ...) and (N, ...)")
@@ -246,11 +247,12 @@ class Sequential:
         totals = np.zeros(2)
         for start in range(0, len(targets), batch_size):
             stop = min(start + batch_size, len(targets))
-            out = self.predict(self.to_device_inputs(images[start:stop]))
+            x = self.to_device_inputs(images[start:stop])
+            out = self.predict(x)
             if start == 0 and self.loss.classifies and not 0 <= targets.min() <= targets.max() < out.shape[1]:
                 raise ValueError(f"targets must be class ids in [0, {out.shape[1]}), "
                                  f"got {targets.min()}..{targets.max()}")
-            y = self.to_device_targets(targets[start:stop])
+            y = x if targets is images else self.to_device_targets(targets[start:stop])
             loss, _ = self.loss.forward(out, y)
             totals += to_numpy(loss_and_count(loss * (stop - start), self.loss.correct(out, y)))
         accuracy = totals[1] / len(targets) if self.loss.classifies else None
